@@ -1,0 +1,142 @@
+"""The balancer contract: one interface for loss weighting and gradient aggregation.
+
+Each training step the trainer builds a `StepContext` (task losses with their graph, the model's
+shared and task-specific parameters, a lazily computed Jacobian) and calls
+`balancer.backward(ctx)`. The balancer must leave `.grad` set on every parameter it trains
+and return its *effective task weights* (T,) for the step, which are logged and shown.
+
+Two base classes cover the two families:
+- `LossWeighting`: implement `weights(losses, ctx) -> (T,)`; the step is
+  `sum_t w_t L_t` (+ `extra_loss` for methods with learnable state, e.g. UW's log-variances).
+- `GradientAggregation`: implement `aggregate(J, ctx) -> (direction (P,), weights (T,))` from the
+  T x P Jacobian of the task losses w.r.t. the shared parameters; task-specific parameters get
+  the plain gradient of the sum of task losses (each tower only depends on its own task).
+  Where the method is a function of the Gramian G = J J^T alone, write it as
+  `gramian_weights(G) -> w` and let `direction = w @ J` (torchjd's style).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from engine.gradients import jacobian
+
+
+class BalancerParams(BaseModel):
+    """Base class of a balancer's parameters (validated by pydantic)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class StepContext:
+    """What a balancer sees at one training step."""
+
+    losses: torch.Tensor  # (T,) task losses, still attached to the graph
+    task_names: list[str]
+    shared_params: list[nn.Parameter]
+    task_params: list[nn.Parameter]
+    step: int
+    epoch: int
+    model: nn.Module | None = None
+    _jacobian: torch.Tensor | None = field(default=None, repr=False)
+
+    def jacobian(self) -> torch.Tensor:
+        """T x P Jacobian of the task losses w.r.t. the shared parameters (computed once,
+        graph retained so the task-specific backward can follow)."""
+        if self._jacobian is None:
+            self._jacobian = jacobian(self.losses, self.shared_params, retain_graph=True)
+        return self._jacobian
+
+    @property
+    def has_jacobian(self) -> bool:
+        return self._jacobian is not None
+
+
+class Balancer:
+    """Base of all balancers. Subclasses set `name`, `description`, `kind`, `Params`."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]  # one line, shown in the dashboard
+    kind: ClassVar[str]  # "loss" or "gradient"
+    Params: ClassVar[type[BalancerParams]] = BalancerParams
+
+    def __init__(self, task_names: list[str], params: BalancerParams) -> None:
+        self.task_names = list(task_names)
+        self.n_tasks = len(task_names)
+        self.params = params
+        self.last_internals: dict[str, float] = {}
+
+    def parameters(self) -> list[nn.Parameter]:
+        """Learnable balancer state trained by the main optimiser (e.g. UW's log-variances)."""
+        return []
+
+    def to(self, device: torch.device) -> Balancer:
+        return self
+
+    def backward(self, ctx: StepContext) -> torch.Tensor:
+        raise NotImplementedError
+
+    def internals(self) -> dict[str, float]:
+        """Extra numbers worth logging this step (projections made, solver values, ...)."""
+        return dict(self.last_internals)
+
+
+class LossWeighting(Balancer):
+    kind = "loss"
+
+    def weights(self, losses: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        raise NotImplementedError
+
+    def extra_loss(self, losses: torch.Tensor, ctx: StepContext) -> torch.Tensor | None:
+        """Added to the weighted loss (the learnable-state term of UW, for instance)."""
+        return None
+
+    def backward(self, ctx: StepContext) -> torch.Tensor:
+        w = self.weights(ctx.losses.detach(), ctx).detach()
+        total = (w * ctx.losses).sum()
+        extra = self.extra_loss(ctx.losses, ctx)
+        if extra is not None:
+            total = total + extra
+        total.backward()
+        return w
+
+
+class GradientAggregation(Balancer):
+    kind = "gradient"
+
+    def aggregate(
+        self, J: torch.Tensor, ctx: StepContext
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(direction (P,), effective task weights (T,)). Default: Gramian weighting."""
+        w = self.gramian_weights(J @ J.T)
+        return w @ J, w
+
+    def gramian_weights(self, G: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def backward(self, ctx: StepContext) -> torch.Tensor:
+        J = ctx.jacobian()
+        direction, w = self.aggregate(J, ctx)
+        if ctx.task_params:
+            ctx.losses.sum().backward(inputs=ctx.task_params)
+        write_flat_grad(ctx.shared_params, direction)
+        return w.detach()
+
+
+def write_flat_grad(params: list[nn.Parameter], flat: torch.Tensor) -> None:
+    """Set `.grad` of `params` from one flat vector (in `params` order)."""
+    offset = 0
+    for p in params:
+        n = p.numel()
+        g = flat[offset : offset + n].view_as(p).to(p.dtype)
+        if p.grad is None:
+            p.grad = g.clone()
+        else:
+            p.grad.copy_(g)
+        offset += n
