@@ -22,7 +22,9 @@ class ConfigError(ValueError):
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    dataset: str = Field("synthetic-correlation", description="dataset name (see `python -m engine datasets`)")
+    dataset: str = Field(
+        "synthetic-correlation", description="dataset name (see `python -m engine datasets`)"
+    )
     dataset_params: dict[str, Any] = Field(default_factory=dict)
     tasks: list[str] | None = Field(None, description="subset of the dataset's tasks; default all")
     arch: str = Field("mmoe", description="architecture name")
@@ -43,7 +45,9 @@ class RunConfig(BaseModel):
         None, description="'task:metric' on validation; default: first task's primary metric"
     )
     patience: int = Field(0, ge=0, le=1000, description="epochs without improvement; 0 = off")
-    grad_stats_every: int = Field(10, ge=0, le=1_000_000, description="steps between gradient statistics; 0 = never")
+    grad_stats_every: int = Field(
+        10, ge=0, le=1_000_000, description="steps between gradient statistics; 0 = never"
+    )
     log_every: int = Field(1, ge=1, le=1_000_000, description="steps between train-loss rows")
     max_steps_per_epoch: int = Field(0, ge=0, description="0 = full epoch")
 
@@ -61,8 +65,9 @@ class RunConfig(BaseModel):
 def _fmt_validation(prefix: str, err: ValidationError) -> str:
     parts = []
     for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"]) or "(value)"
-        parts.append(f"{prefix}{loc}: {e['msg']}")
+        loc = ".".join(str(x) for x in e["loc"])
+        msg = str(e["msg"]).removeprefix("Value error, ")
+        parts.append(f"{prefix}{loc}: {msg}" if loc else msg)
     return "; ".join(parts)
 
 
@@ -93,6 +98,11 @@ def resolve(cfg: RunConfig) -> dict[str, Any]:
         bparams = bal_cls.Params(**cfg.balancer_params)
     except ValidationError as e:
         raise ValueError(_fmt_validation("balancer_params.", e)) from None
+    if getattr(model_cls, "single_task", False) and bal_cls.kind == "gradient":
+        raise ValueError(
+            f"arch {cfg.arch!r} shares no parameters, so the gradient balancer {cfg.balancer!r} has nothing "
+            "to aggregate; use a loss-weighting balancer such as 'ew'"
+        )
     available = [t.name for t in ds.tasks(dparams)]
     tasks = cfg.tasks or available
     unknown = [t for t in tasks if t not in available]
@@ -138,7 +148,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     try:
         data = json.loads(text) if p.suffix.lower() == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise ConfigError(f"config file {p} is not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {e}") from None
+        raise ConfigError(
+            f"config file {p} is not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {e}"
+        ) from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {p} must hold a mapping of fields, got {type(data).__name__}")
     return data

@@ -15,7 +15,9 @@ def select_device(name: str = "auto") -> torch.device:
         return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise DeviceError("device 'cuda' was requested but no CUDA GPU is available; use --device auto or cpu")
+            raise DeviceError(
+                "device 'cuda' was requested but no CUDA GPU is available; use --device auto or cpu"
+            )
         return torch.device("cuda")
     if name == "cpu":
         return torch.device("cpu")

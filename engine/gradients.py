@@ -13,14 +13,14 @@ import torch
 from torch import nn
 
 
-def jacobian(
-    losses: torch.Tensor, params: list[nn.Parameter], retain_graph: bool = True
-) -> torch.Tensor:
+def jacobian(losses: torch.Tensor, params: list[nn.Parameter], retain_graph: bool = True) -> torch.Tensor:
     """(T, P) matrix whose row t is d losses[t] / d params, flattened in `params` order.
 
     Parameters a task does not depend on get zeros in its row.
     """
     T = losses.shape[0]
+    if not params:  # nothing shared: an empty Jacobian, not an error
+        return torch.zeros((T, 0), device=losses.device, dtype=losses.dtype)
     eye = torch.eye(T, device=losses.device, dtype=losses.dtype)
     grads = torch.autograd.grad(
         losses,
@@ -54,7 +54,9 @@ class GradStatRow:
     norm_j: float
 
 
-def block_slices(blocks: dict[str, list[nn.Parameter]], params: list[nn.Parameter]) -> dict[str, torch.Tensor]:
+def block_slices(
+    blocks: dict[str, list[nn.Parameter]], params: list[nn.Parameter]
+) -> dict[str, torch.Tensor]:
     """Column indices of each named block inside the flat Jacobian over `params`."""
     offsets: dict[int, tuple[int, int]] = {}
     o = 0

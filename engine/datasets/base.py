@@ -142,7 +142,12 @@ class MTLData:
             )
 
         return MTLData(
-            self.name, tasks, self.features, keep(self.train), keep(self.val), keep(self.test),
+            self.name,
+            tasks,
+            self.features,
+            keep(self.train),
+            keep(self.val),
+            keep(self.test),
             self.info,
         )
 
@@ -175,6 +180,6 @@ def split_indices(
     """Fixed seeded train/val/test row indices."""
     rng = np.random.default_rng(seed)
     perm = rng.permutation(n)
-    n_test = int(round(n * test_frac))
-    n_val = int(round(n * val_frac))
+    n_test = round(n * test_frac)
+    n_val = round(n * val_frac)
     return perm[n_test + n_val :], perm[n_test : n_test + n_val], perm[:n_test]

@@ -56,9 +56,7 @@ class FeatureEncoder(nn.Module):
     def __init__(self, features: FeatureSpec, embed_dim: int) -> None:
         super().__init__()
         self.features = features
-        self.embeddings = nn.ModuleList(
-            nn.Embedding(card, embed_dim) for card in features.cat_cardinalities
-        )
+        self.embeddings = nn.ModuleList(nn.Embedding(card, embed_dim) for card in features.cat_cardinalities)
         for emb in self.embeddings:
             nn.init.normal_(emb.weight, std=0.05)
         self.out_dim = features.n_dense + features.n_cat * embed_dim
