@@ -168,11 +168,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from engine.jobs import Worker
+    from engine.jobs import Worker, WorkerAlreadyRunning
 
     lake = _lake(args)
-    worker = Worker(lake, max_parallel=args.max_parallel)
-    return worker.run_forever()
+    try:
+        worker = Worker(lake, max_parallel=args.max_parallel)
+        return int(worker.run_forever() or 0)
+    except WorkerAlreadyRunning as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 def cmd_ls(args: argparse.Namespace) -> int:

@@ -1,0 +1,766 @@
+"""The job queue and the background worker.
+
+A job is a queued run directory (`Lake.create_run`). One worker process per lake owns scheduling:
+it holds an exclusive `flock` on `<root>/_worker/worker.lock` for its lifetime, claims queued runs
+with an `O_CREAT|O_EXCL` `claim` file (oldest first, round-robin across owners), starts one
+trainer process per run up to `max_parallel`, reaps its children, watches heartbeats, marks dead
+runs failed with the reason, enforces cancel requests and resumes the queue after a restart.
+
+The trainer process owns its run's `status.json` while it lives (engine.recorder.RunWriter); the
+worker writes status only before a trainer starts and after it is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine.paths import REPO_ROOT
+from engine.recorder import TERMINAL_STATES, read_json_dict, write_json_atomic
+from engine.store import Lake, RunNotFoundError
+
+if TYPE_CHECKING:
+    from engine.config import RunConfig
+
+log = logging.getLogger("seesaw.worker")
+
+HEARTBEAT_TIMEOUT = 10.0  # seconds without a heartbeat before a started trainer counts as dead
+CANCEL_GRACE = 5.0  # seconds a trainer gets to honour a cancel request before SIGTERM
+KILL_GRACE = 10.0  # seconds after SIGTERM before SIGKILL
+STARTUP_TIMEOUT = 300.0  # seconds a launched trainer may take to call RunWriter.start
+EXIT_TIMEOUT = 60.0  # seconds a trainer may linger after recording its end state
+STALE_CLAIM_AGE = 30.0  # a claim on a still-queued run older than this was abandoned
+LOG_TAIL_LINES = 20
+
+TrainerArgv = Callable[[Path, str], list[str]]
+
+
+class WorkerAlreadyRunning(RuntimeError):
+    """Another worker holds this lake's worker lock."""
+
+
+# --------------------------------------------------------------------------------------------
+# Small process helpers
+# --------------------------------------------------------------------------------------------
+
+
+def pid_alive(pid: Any) -> bool:
+    """True if a process with this pid exists and is not a zombie."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        state = stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3]
+        return state not in (b"Z", b"X")
+    except (OSError, ValueError):
+        return True
+
+
+def _is_trainer_of(pid: int, run_id: str) -> bool:
+    """True if process `pid` looks like a trainer of `run_id` (its command line names the run).
+
+    Guards every signal the worker sends to a process it did not start itself (pid reuse).
+    """
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return run_id.encode() in f.read()
+    except OSError:
+        return False
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    """Send `sig` to the process group led by `pid` (trainers run in their own session)."""
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+def describe_exit(returncode: int) -> str:
+    """Human text for a child's exit status ("trainer killed by signal 9 (SIGKILL)")."""
+    if returncode < 0:
+        sig = -returncode
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = "unknown signal"
+        return f"trainer killed by signal {sig} ({name})"
+    if returncode == 0:
+        return "trainer exited with code 0 without recording an end state"
+    return f"trainer exited with code {returncode}"
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES, max_bytes: int = 16_384) -> str:
+    """The last `lines` lines of a (possibly large) text file; "" if missing."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read()
+    except OSError:
+        return ""
+    text = data.decode("utf-8", errors="replace")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _child_env(root: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["SEESAW_HOME"] = str(root)
+    env["PYTHONUNBUFFERED"] = "1"
+    pp = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + pp if pp else "")
+    if extra:
+        env.update(extra)
+    return env
+
+
+def default_trainer_argv(root: Path, run_id: str) -> list[str]:
+    """`python -m engine _train --home ROOT RUN_ID`: the trainer subprocess of one run."""
+    return [sys.executable, "-m", "engine", "_train", "--home", str(root), run_id]
+
+
+def _visible_gpus() -> list[str]:
+    """CUDA devices a worker may hand out, one per trainer ([] without CUDA)."""
+    try:
+        import torch
+    except ImportError:
+        return []
+    try:
+        if not torch.cuda.is_available():
+            return []
+        n = torch.cuda.device_count()
+    except Exception:  # broken driver: behave as CPU-only
+        return []
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env:
+        ids = [x.strip() for x in env.split(",") if x.strip()]
+        return ids[:n]
+    return [str(i) for i in range(n)]
+
+
+def default_max_parallel() -> int:
+    """Number of CUDA GPUs if any, else half the CPU cores (at least 1)."""
+    gpus = _visible_gpus()
+    if gpus:
+        return len(gpus)
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+# --------------------------------------------------------------------------------------------
+# Queue operations
+# --------------------------------------------------------------------------------------------
+
+
+def submit(config: RunConfig | dict[str, Any], lake: Lake | None = None) -> str:
+    """Queue a run; return its id. Validation is the config object's job (RunConfig)."""
+    lake = lake or Lake()
+    return lake.create_run(config, state="queued")
+
+
+def cancel(run_id: str, lake: Lake | None = None) -> str:
+    """Cancel a run; return a message saying what happened.
+
+    A queued run is cancelled at once (its claim is taken so no worker can start it); a running
+    run gets a `cancel` file (the trainer stops at its next step; the worker sends SIGTERM after
+    `CANCEL_GRACE` seconds if it does not); an ended run is left alone.
+    """
+    lake = lake or Lake()
+    st = lake.status(run_id)
+    state = st.get("state")
+    if state in TERMINAL_STATES:
+        return f"run {run_id} already ended ({state}); nothing to cancel"
+    if state == "queued" and lake.claim(run_id, by="cancel"):
+        lake.set_status(run_id, state="cancelled", finished=time.time(), error="cancelled before it started")
+        return f"cancelled queued run {run_id}"
+    lake.request_cancel(run_id)
+    return (
+        f"cancel requested for run {run_id}; the trainer stops at its next step "
+        f"(the worker terminates it after {CANCEL_GRACE:.0f} s if it does not)"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The worker
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Child:
+    """A run this worker watches: its own subprocess, or one adopted from an earlier worker."""
+
+    run_id: str
+    popen: subprocess.Popen[bytes] | None
+    pid: int | None
+    launched: float
+    gpu: str | None = None
+    cancel_seen: float | None = None
+    term_sent: float | None = None
+    kill_sent: float | None = None
+    ended_seen: float | None = None  # when status.json first showed a terminal state
+
+
+class Worker:
+    """Schedules queued runs of one lake onto trainer subprocesses.
+
+    `trainer_argv(root, run_id)` builds the trainer command (default: `python -m engine _train
+    --home ROOT RUN_ID`). Use `run_forever()` in a worker process, or `run_once()` in a loop
+    (tests); either takes the worker lock first and raises `WorkerAlreadyRunning` if another
+    worker holds it. `stop()` ends `run_forever`; `close()` releases the lock.
+    """
+
+    def __init__(
+        self,
+        lake: Lake | None = None,
+        max_parallel: int | None = None,
+        poll: float = 0.5,
+        trainer_argv: TrainerArgv | None = None,
+        *,
+        cancel_grace: float = CANCEL_GRACE,
+        heartbeat_timeout: float = HEARTBEAT_TIMEOUT,
+        compact: bool = True,
+    ) -> None:
+        self.lake = lake or Lake()
+        self._gpus: list[str] = []
+        if max_parallel is None:
+            self._gpus = _visible_gpus()
+            max_parallel = len(self._gpus) or default_max_parallel()
+        if max_parallel < 1:
+            raise ValueError(f"max_parallel must be >= 1, got {max_parallel}")
+        self.max_parallel = int(max_parallel)
+        self.poll = float(poll)
+        self.trainer_argv: TrainerArgv = trainer_argv or default_trainer_argv
+        self.cancel_grace = float(cancel_grace)
+        self.heartbeat_timeout = float(heartbeat_timeout)
+        self.compact = compact
+        self.started = time.time()
+        self._children: dict[str, _Child] = {}
+        self._done: set[str] = set()  # run ids seen in a terminal state (terminal is final)
+        self._served: dict[str, int] = {}  # owner -> tick of the last claim (round-robin)
+        self._tick = 0
+        self._stop = threading.Event()
+        self._terminate_on_stop = False
+        self._lock_fd: int | None = None
+        self._compactor: ThreadPoolExecutor | None = None
+        self.launched: list[str] = []  # run ids in launch order (for the CLI and tests)
+
+    # ---- paths ----------------------------------------------------------------------------
+
+    @property
+    def worker_dir(self) -> Path:
+        """`<root>/_worker`."""
+        return self.lake.root / "_worker"
+
+    @property
+    def running(self) -> list[str]:
+        """Run ids this worker is watching now."""
+        return sorted(self._children)
+
+    # ---- lock and lifecycle ---------------------------------------------------------------
+
+    def acquire(self) -> None:
+        """Take the worker lock (retrying briefly), then resume the queue.
+
+        Raises WorkerAlreadyRunning if another worker holds the lock.
+        """
+        if self._lock_fd is not None:
+            return
+        self.worker_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.worker_dir / "worker.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        for _ in range(10):  # a `worker_status` probe holds a shared lock for microseconds
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                time.sleep(0.05)
+        else:
+            os.close(fd)
+            info = read_json_dict(self.worker_dir / "worker.json")
+            raise WorkerAlreadyRunning(
+                f"another Seesaw worker (pid {info.get('pid', '?')}) is already running for "
+                f"{self.lake.root}; not starting a second one"
+            )
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+        self.started = time.time()
+        self._resume()
+        self._write_worker_json()
+
+    def close(self) -> None:
+        """Finish background compaction and release the worker lock (trainers keep running)."""
+        if self._compactor is not None:
+            self._compactor.shutdown(wait=True)
+            self._compactor = None
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                write_json_atomic(
+                    self.worker_dir / "worker.json",
+                    {**self._worker_info(), "stopped": time.time(), "running": []},
+                )
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def stop(self, terminate_trainers: bool = False) -> None:
+        """Ask `run_forever` to return after the current loop.
+
+        With `terminate_trainers`, running trainers get SIGTERM (then SIGKILL) and are reaped
+        first; otherwise they keep running and the next worker adopts them.
+        """
+        self._terminate_on_stop = terminate_trainers
+        self._stop.set()
+
+    def run_forever(self) -> None:
+        """Take the lock and loop (`run_once` every `poll` seconds) until `stop()` or SIGTERM."""
+        self.acquire()
+        if threading.current_thread() is threading.main_thread():
+            with contextlib.suppress(ValueError):
+                signal.signal(signal.SIGTERM, lambda *_: self.stop())
+        log.info("worker %s started on %s (max_parallel=%d)", os.getpid(), self.lake.root, self.max_parallel)
+        try:
+            while not self._stop.is_set():
+                try:
+                    self.run_once()
+                except Exception:  # one bad run directory must not kill the worker
+                    log.exception("worker loop failed; continuing")
+                self._stop.wait(self.poll)
+            if self._terminate_on_stop:
+                self.terminate_all()
+        finally:
+            self.close()
+            log.info("worker %s stopped", os.getpid())
+
+    def __enter__(self) -> Worker:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- one loop -------------------------------------------------------------------------
+
+    def run_once(self) -> None:
+        """One scheduling pass: reap, watch, enforce cancels, claim and launch, write worker.json."""
+        self.acquire()
+        now = time.time()
+        for child in list(self._children.values()):
+            try:
+                self._watch(child, now)
+            except RunNotFoundError:
+                self._children.pop(child.run_id, None)  # deleted under us
+        self._claim_and_launch()
+        self._write_worker_json()
+
+    def _worker_info(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "root": str(self.lake.root),
+            "started": self.started,
+            "heartbeat": time.time(),
+            "max_parallel": self.max_parallel,
+            "running": self.running,
+        }
+
+    def _write_worker_json(self) -> None:
+        write_json_atomic(self.worker_dir / "worker.json", self._worker_info())
+
+    # ---- resume ---------------------------------------------------------------------------
+
+    def _resume(self) -> None:
+        """On start-up: requeue abandoned claims, adopt live trainers, fail dead ones."""
+        now = time.time()
+        for rid in self.lake.run_ids():
+            try:
+                st = self.lake.status(rid)
+            except RunNotFoundError:
+                continue
+            state = st.get("state")
+            if state in TERMINAL_STATES:
+                self._done.add(rid)
+            elif state == "running":
+                ok, why = self._liveness(st, now, resuming=True)
+                if ok:
+                    self._adopt(rid, st)
+                else:
+                    self._kill_foreign(st.get("pid"), rid, signal.SIGKILL)
+                    self._fail(rid, f"worker restarted; trainer no longer alive ({why})")
+            elif state == "queued":
+                self._handle_claimed_queued(rid, resuming=True)
+
+    def _adopt(self, rid: str, st: dict[str, Any]) -> None:
+        pid = st.get("pid")
+        self._children[rid] = _Child(
+            rid, None, pid if isinstance(pid, int) else None, float(st.get("launched") or time.time())
+        )
+        log.info("adopted running run %s (pid %s)", rid, pid)
+
+    def _handle_claimed_queued(self, rid: str, resuming: bool) -> None:
+        """A queued run that has a claim but no trainer: requeue or finish what the claimer began."""
+        try:
+            info = self.lake.claim_info(rid)
+        except RunNotFoundError:
+            return
+        if info is None:
+            return
+        age = time.time() - float(info.get("ts") or 0)
+        by = info.get("by")
+        claimer_alive = pid_alive(info.get("pid"))
+        if by in ("cancel", "delete"):
+            if (resuming and not claimer_alive) or age > STALE_CLAIM_AGE:
+                # A cancel/delete that died between taking the claim and finishing: honour it.
+                self.lake.set_status(
+                    rid, state="cancelled", finished=time.time(), error=f"cancelled ({by} did not complete)"
+                )
+                self._done.add(rid)
+        elif (by == "worker" or not claimer_alive) and (resuming or age > STALE_CLAIM_AGE):
+            # We hold the worker lock, so the worker that claimed it is gone (or failed
+            # mid-launch); a claim of unknown origin whose process is dead is abandoned too.
+            # (A claim held by some other live process is left alone.)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.lake.run_dir(rid) / "claim")
+            log.info("requeued run %s (abandoned claim)", rid)
+
+    # ---- watching children ----------------------------------------------------------------
+
+    def _liveness(
+        self, st: dict[str, Any], now: float, resuming: bool = False, check_pid: bool = True
+    ) -> tuple[bool, str]:
+        """(alive, reason if not) for a run marked running, from its pid and heartbeat.
+
+        `check_pid=False` for our own children, whose exit `Popen.poll` reports exactly.
+        """
+        pid = st.get("pid") if check_pid else None
+        if st.get("started"):
+            if check_pid and not pid_alive(pid):
+                return False, f"pid {pid} is not alive"
+            hb = st.get("heartbeat")
+            age = now - float(hb) if hb else float("inf")
+            if age > self.heartbeat_timeout:
+                return False, f"no heartbeat for {age:.0f} s (timeout {self.heartbeat_timeout:.0f} s)"
+            return True, ""
+        # Launched but the trainer has not called RunWriter.start yet (imports, data loading).
+        if pid is not None and not pid_alive(pid):
+            return False, f"pid {pid} is not alive"
+        if check_pid and pid is None and resuming and st.get("launched"):
+            return False, "the previous worker died while launching it"
+        ref = float(st.get("launched") or st.get("created") or now)
+        if now - ref > STARTUP_TIMEOUT:
+            return False, f"trainer did not start within {STARTUP_TIMEOUT:.0f} s"
+        return True, ""
+
+    def _kill_foreign(self, pid: Any, rid: str, sig: int) -> None:
+        """Signal a trainer this worker did not start, only if it really is that run's trainer."""
+        if isinstance(pid, int) and pid_alive(pid) and _is_trainer_of(pid, rid):
+            _signal_group(pid, sig)
+
+    def _watch(self, child: _Child, now: float) -> None:
+        rid = child.run_id
+        rdir = self.lake.run_dir(rid)
+        if child.popen is not None:
+            rc = child.popen.poll()  # reaps: no zombies
+            if rc is not None:
+                self._on_exit(child, rc)
+                return
+        st = self.lake.status(rid)
+        if st.get("state") in TERMINAL_STATES:
+            if child.popen is None:
+                self._ended(rid)  # an adopted trainer finished by itself
+                return
+            # Our own child: reaped on a later pass once the process has exited; one that hangs
+            # on its way out (a stuck non-daemon thread) is killed so it does not hold a slot.
+            child.ended_seen = child.ended_seen or now
+            if now - child.ended_seen > EXIT_TIMEOUT and child.kill_sent is None:
+                self._signal(child, signal.SIGKILL)
+                child.kill_sent = now
+            return
+        # cancel requests
+        if child.cancel_seen is None and (rdir / "cancel").exists():
+            child.cancel_seen = now
+        if child.cancel_seen is not None:
+            if child.term_sent is None and now - child.cancel_seen >= self.cancel_grace:
+                log.info("run %s ignored its cancel request for %.0f s: SIGTERM", rid, self.cancel_grace)
+                self._signal(child, signal.SIGTERM)
+                child.term_sent = now
+            elif (
+                child.term_sent is not None
+                and child.kill_sent is None
+                and now - child.term_sent >= KILL_GRACE
+            ):
+                self._signal(child, signal.SIGKILL)
+                child.kill_sent = now
+        if child.popen is None:
+            ok, why = self._liveness(st, now)
+            if not ok:
+                st = self.lake.status(rid)  # it may have just finished
+                if st.get("state") not in TERMINAL_STATES:
+                    self._kill_foreign(child.pid, rid, signal.SIGKILL)
+                    if child.cancel_seen is not None:
+                        self._finalize(rid, "cancelled", f"cancel requested; trainer gone ({why})")
+                    else:
+                        self._fail(rid, f"trainer no longer alive ({why})")
+                self._ended(rid)
+            return
+        # our own child, still running: is it hung?
+        ok, why = self._liveness(st, now, check_pid=False)
+        if not ok and child.kill_sent is None and child.term_sent is None:
+            log.warning("run %s: %s; killing its trainer", rid, why)
+            self._signal(child, signal.SIGKILL)
+            child.kill_sent = now
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.popen.wait(timeout=5)
+            self._fail(rid, f"trainer killed by the worker: {why}")
+
+    def _signal(self, child: _Child, sig: int) -> None:
+        if child.popen is not None:
+            if child.popen.poll() is None:
+                _signal_group(child.popen.pid, sig)
+        else:
+            self._kill_foreign(child.pid, child.run_id, sig)
+
+    def _on_exit(self, child: _Child, rc: int) -> None:
+        """Our trainer exited: record why if it did not record an end state itself."""
+        rid = child.run_id
+        try:
+            st = self.lake.status(rid)
+        except RunNotFoundError:
+            self._children.pop(rid, None)
+            return
+        if st.get("state") not in TERMINAL_STATES:
+            reason = describe_exit(rc)
+            tail = log_tail(self.lake.run_dir(rid) / "trainer.log")
+            if child.cancel_seen is not None:
+                how = f"trainer stopped by the worker ({reason})" if child.term_sent else reason
+                self._finalize(rid, "cancelled", f"cancel requested; {how}")
+            else:
+                msg = reason + (f"\n--- last lines of trainer.log ---\n{tail}" if tail else "")
+                self._fail(rid, msg)
+        log.info("run %s ended (exit %s)", rid, rc)
+        self._ended(rid)
+
+    def _ended(self, rid: str) -> None:
+        self._children.pop(rid, None)
+        self._done.add(rid)
+        if self.compact:
+            if self._compactor is None:
+                self._compactor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compact")
+            self._compactor.submit(self._compact_quietly, rid)
+
+    def _compact_quietly(self, rid: str) -> None:
+        try:
+            self.lake.compact(rid)
+        except Exception:
+            log.exception("compacting run %s failed", rid)
+
+    def _fail(self, rid: str, reason: str) -> None:
+        self._finalize(rid, "failed", reason)
+
+    def _finalize(self, rid: str, state: str, reason: str) -> None:
+        with contextlib.suppress(RunNotFoundError):
+            self.lake.set_status(rid, state=state, finished=time.time(), error=reason)
+        log.info("run %s -> %s: %s", rid, state, reason.splitlines()[0] if reason else "")
+
+    def terminate_all(self, timeout: float = 5.0) -> None:
+        """SIGTERM every own trainer, SIGKILL what is left after `timeout`, reap and record them."""
+        own = [c for c in self._children.values() if c.popen is not None]
+        for c in own:
+            self._signal(c, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for c in own:
+            assert c.popen is not None
+            try:
+                c.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self._signal(c, signal.SIGKILL)
+                c.popen.wait()
+            self._on_exit(c, c.popen.returncode)
+
+    # ---- claiming and launching -----------------------------------------------------------
+
+    def _candidates(self) -> list[tuple[float, str, str]]:
+        """Claimable queued runs as (created, run_id, owner); also adopts stray running runs."""
+        out: list[tuple[float, str, str]] = []
+        for rid in self.lake.run_ids():
+            if rid in self._done or rid in self._children:
+                continue
+            try:
+                st = self.lake.status(rid)
+                state = st.get("state")
+                if state in TERMINAL_STATES:
+                    self._done.add(rid)
+                elif state == "running":
+                    # Started elsewhere (a foreground CLI run): watch its heartbeat too.
+                    self._adopt(rid, st)
+                elif state == "queued":
+                    if (self.lake.run_dir(rid) / "claim").exists():
+                        self._handle_claimed_queued(rid, resuming=False)
+                        continue
+                    owner = str(self.lake.config(rid).get("owner") or "")
+                    out.append((float(st.get("created") or 0.0), rid, owner))
+            except RunNotFoundError:
+                continue
+        out.sort()
+        return out
+
+    def _claim_and_launch(self) -> None:
+        free = self.max_parallel - len(self._children)
+        if free <= 0:
+            return
+        queues: dict[str, list[tuple[float, str]]] = {}
+        for created, rid, owner in self._candidates():
+            queues.setdefault(owner, []).append((created, rid))
+        free = self.max_parallel - len(self._children)  # adoption may have used slots
+        while free > 0 and queues:
+            # Round-robin: the owner served least recently goes next; ties -> oldest queued run.
+            owner = min(queues, key=lambda o: (self._served.get(o, -1), queues[o][0]))
+            _, rid = queues[owner].pop(0)
+            if not queues[owner]:
+                del queues[owner]
+            if not self.lake.claim(rid, by="worker"):
+                continue
+            self._tick += 1
+            self._served[owner] = self._tick
+            if self._launch(rid):
+                free -= 1
+
+    def _launch(self, rid: str) -> bool:
+        """Start the trainer of a run we just claimed; False if it did not start."""
+        try:
+            st = self.lake.status(rid)
+        except RunNotFoundError:
+            return False
+        if st.get("state") != "queued":
+            return False
+        rdir = self.lake.run_dir(rid)
+        if (rdir / "cancel").exists():
+            self._finalize(rid, "cancelled", "cancelled before it started")
+            self._done.add(rid)
+            return False
+        now = time.time()
+        # Mark running *before* the process exists: a worker dying right here leaves a run the
+        # next worker fails ("died while launching"), never one that is started twice.
+        self.lake.set_status(
+            rid, state="running", pid=None, launched=now, heartbeat=now, worker_pid=os.getpid()
+        )
+        gpu = self._free_gpu()
+        # Share the CPU cores between concurrent trainers instead of oversubscribing them.
+        threads = max(1, (os.cpu_count() or 1) // max(1, self.max_parallel))
+        extra = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        if gpu is not None:
+            extra["CUDA_VISIBLE_DEVICES"] = gpu
+        try:
+            argv = self.trainer_argv(self.lake.root, rid)
+            with open(rdir / "trainer.log", "ab") as logf:
+                popen = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=logf,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    cwd=str(REPO_ROOT),
+                    env=_child_env(self.lake.root, extra),
+                )
+        except (OSError, ValueError, TypeError) as e:
+            self._fail(rid, f"could not start the trainer: {e}")
+            self._done.add(rid)
+            return False
+        self.lake.set_status(rid, pid=popen.pid)
+        self._children[rid] = _Child(rid, popen, popen.pid, now, gpu=gpu)
+        self.launched.append(rid)
+        log.info("launched run %s (pid %d)", rid, popen.pid)
+        return True
+
+    def _free_gpu(self) -> str | None:
+        if not self._gpus:
+            return None
+        used = {c.gpu for c in self._children.values()}
+        return next((g for g in self._gpus if g not in used), None)
+
+
+# --------------------------------------------------------------------------------------------
+# Worker discovery for the dashboard
+# --------------------------------------------------------------------------------------------
+
+
+def worker_status(lake: Lake | None = None) -> dict[str, Any] | None:
+    """worker.json of the live worker (plus `heartbeat_age`), or None if no worker holds the lock.
+
+    Liveness is tested by trying a non-blocking shared flock on the lock file.
+    """
+    lake = lake or Lake()
+    lock = lake.root / "_worker" / "worker.lock"
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            info = read_json_dict(lake.root / "_worker" / "worker.json")
+            info["alive"] = True
+            hb = info.get("heartbeat")
+            info["heartbeat_age"] = time.time() - float(hb) if hb else None
+            return info
+        return None
+    finally:
+        os.close(fd)  # also drops the probe lock if we got it
+
+
+_SPAWN_LOCK = threading.Lock()
+_SPAWNED: dict[str, tuple[subprocess.Popen[bytes], float]] = {}
+
+
+def ensure_worker(lake: Lake | None = None, max_parallel: int | None = None) -> bool:
+    """Start a detached `python -m engine worker --home ROOT` unless one is alive; True if started.
+
+    The child runs in its own session (it outlives the dashboard); a daemon thread waits on it so
+    it never lingers as a zombie of this process.
+    """
+    lake = lake or Lake()
+    key = str(lake.root)
+    with _SPAWN_LOCK:
+        if worker_status(lake) is not None:
+            return False
+        prev = _SPAWNED.get(key)
+        if prev is not None and prev[0].poll() is None and time.time() - prev[1] < 30:
+            return False  # spawned moments ago and still starting up
+        argv = [sys.executable, "-m", "engine", "worker", "--home", key]
+        if max_parallel is not None:
+            argv += ["--max-parallel", str(int(max_parallel))]
+        wdir = lake.root / "_worker"
+        wdir.mkdir(parents=True, exist_ok=True)
+        with open(wdir / "worker.log", "ab") as logf:
+            popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=str(REPO_ROOT),
+                env=_child_env(lake.root),
+            )
+        _SPAWNED[key] = (popen, time.time())
+        threading.Thread(target=popen.wait, name=f"reap-worker-{popen.pid}", daemon=True).start()
+        return True
