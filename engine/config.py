@@ -113,9 +113,15 @@ def resolve(cfg: RunConfig) -> dict[str, Any]:
     check = getattr(bal_cls, "check_tasks", None)
     if check is not None:
         check(bparams, tasks)
+    specs = {t.name: t for t in ds.tasks(dparams)}
     check = getattr(model_cls, "check_tasks", None)
-    if check is not None:
-        check(aparams, [t for t in ds.tasks(dparams) if t.name in tasks])
+    if check is not None:  # in the run's task order: cascades read it as the funnel order
+        check(aparams, [specs[t] for t in tasks])
+    check = getattr(model_cls, "check_features", None)
+    if check is not None:  # e.g. sequence models need behaviour sequences; the load is cached
+        from engine.datasets import load_dataset
+
+        check(aparams, load_dataset(cfg.dataset, dparams, cfg.seed).features)
     if cfg.early_stopping_metric is not None:
         task, _, metric = cfg.early_stopping_metric.partition(":")
         if task not in tasks or not metric:

