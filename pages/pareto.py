@@ -1,0 +1,177 @@
+"""Pareto: runs (or one weight sweep) as points on two task metrics; the non-dominated front as a
+step line, dominated runs faded, hypervolume against a shown reference point; a parallel-coordinates
+view for 3+ tasks. Click a point to open that run's curves and config."""
+
+from __future__ import annotations
+
+import json
+
+import streamlit as st
+
+from dashboard import queries, state, widgets
+from dashboard.figures.curves import curves_figure, curves_info
+from dashboard.figures.pareto import (
+    metric_columns,
+    parallel_figure,
+    parallel_info,
+    pareto_figure,
+    pareto_info,
+    run_at,
+)
+from dashboard.nav import require_entry
+
+require_entry()
+
+st.title("Pareto")
+st.caption("A run is on the front when no other run is at least as good on both metrics and better on one.")
+runs = queries.runs()
+if runs.empty:
+    widgets.empty_lake("No runs to compare yet")
+    st.stop()
+done = runs[runs["status"] == "finished"]
+if done.empty:
+    st.info("No finished run yet: points appear here when runs finish (their test metrics).")
+    st.stop()
+
+datasets = list(dict.fromkeys(done["dataset"].dropna()))
+top = st.columns([2, 2, 1])
+with top[0]:
+    ds = widgets.url_selectbox(
+        "Dataset", datasets, "dataset", "pareto_dataset", default=widgets.dataset_of_view(runs, datasets)
+    )
+pool = done[done["dataset"] == ds]
+sweeps = sorted(s for s in pool["sweep_id"].dropna().unique() if s)
+with top[1]:
+    sweep = widgets.url_selectbox(
+        "Points",
+        ["", *sweeps],
+        "sweep",
+        "pareto_sweep",
+        default="",
+        format_func=lambda s: f"sweep {s}" if s else "all finished runs",
+    )
+if sweep:
+    pool = pool[pool["sweep_id"] == sweep]
+with top[2]:
+    color_by = widgets.url_selectbox(
+        "Colour by",
+        ["balancer", "arch"],
+        "color",
+        "pareto_color",
+        default="balancer",
+        format_func=lambda c: "architecture" if c == "arch" else c,
+    )
+
+metrics = [c for c in metric_columns(pool) if pool[c].notna().any()]
+if len(metrics) < 2:
+    st.info("These runs have fewer than two test metrics: a front needs two.")
+    st.stop()
+primary = queries.task_primary_metrics(pool["run_id"].head(1).tolist())
+preferred = [f"{t}/{m}" for t, m in primary.items() if f"{t}/{m}" in metrics]
+default_x = preferred[0] if preferred else metrics[0]
+default_y = preferred[1] if len(preferred) > 1 else next(m for m in metrics if m != default_x)
+a1, a2 = st.columns(2)
+with a1:
+    x = widgets.url_selectbox("x axis", metrics, "x", "pareto_x", default=default_x)
+with a2:
+    y = widgets.url_selectbox("y axis", metrics, "y", "pareto_y", default=default_y)
+if x == y:
+    st.warning("Choose two different metrics for the axes.")
+    st.stop()
+
+labels = queries.labels_for(runs, pool["run_id"].tolist())
+info = pareto_info(pool, x, y, color_by, labels)
+if info.points.empty:
+    st.info(f"No finished run has both {x} and {y}.")
+    st.stop()
+event = st.plotly_chart(
+    pareto_figure(info),
+    width="stretch",
+    key="pareto_chart",
+    on_select="rerun",
+    selection_mode="points",
+    config={"displaylogo": False},
+)
+m1, m2, m3 = st.columns(3)
+m1.metric("Runs on the front", f"{len(info.front_run_ids)} / {len(info.points)}")
+m2.metric("Hypervolume", f"{info.hypervolume:.4g}" if info.hypervolume is not None else "–")
+if info.reference is not None:
+    m3.metric(
+        "Reference point",
+        f"({info.reference[0]:.4g}, {info.reference[1]:.4g})",
+        help="nadir of the points pushed 10% outward; only points better than it count",
+    )
+if info.n_missing:
+    st.caption(f"{info.n_missing} run(s) lack one of the two metrics and are not drawn.")
+
+points = list(getattr(getattr(event, "selection", None), "points", None) or [])
+if points:
+    clicked = run_at(points[0], info)
+    if clicked and clicked != st.session_state.get("_pareto_clicked"):
+        st.session_state["_pareto_clicked"] = clicked
+        st.session_state["sel:pareto_run"] = clicked
+        state.set_value("run", clicked)
+
+# ---- 3+ tasks --------------------------------------------------------------------------------
+n_tasks = len({c.split("/")[0] for c in metrics})
+if n_tasks >= 3:
+    st.subheader("All tasks at once")
+    wanted = preferred if len(preferred) >= 3 else metrics[: min(len(metrics), 4)]
+    objectives = st.multiselect("Metrics (axes)", metrics, default=wanted, key=f"pareto_par:{ds}")
+    if len(objectives) >= 2:
+        st.plotly_chart(
+            parallel_figure(parallel_info(pool, objectives, color_by, labels)),
+            width="stretch",
+            key="pareto_parallel",
+        )
+
+# ---- drill down ------------------------------------------------------------------------------
+st.subheader("Run details")
+ids = info.points.sort_values("on_front", ascending=False)["run_id"].tolist()
+front = set(info.front_run_ids)
+chosen = widgets.url_selectbox(
+    "Click a point above, or pick a run",
+    ["", *ids],
+    "run",
+    "pareto_run",
+    default="",
+    format_func=lambda r: (("★ " if r in front else "") + labels.get(r, r)) if r else "—",
+)
+url_run = state.get_value("run")
+if url_run and url_run not in set(runs["run_id"]):
+    widgets.warn_missing([url_run])
+if not chosen:
+    st.caption("★ = on the front. The details of the chosen run appear here.")
+    st.stop()
+
+row = runs[runs["run_id"] == chosen].iloc[0]
+pt = info.points[info.points["run_id"] == chosen]
+on_front = bool(pt["on_front"].iloc[0]) if not pt.empty else False
+st.markdown(
+    f"**{labels.get(chosen, chosen)}** · `{chosen}` · {row['dataset']} · {row['arch']} / {row['balancer']} · "
+    + ("on the front ★" if on_front else "dominated")
+)
+d1, d2 = st.container(), st.columns([2, 3], gap="large")
+with d1:
+    m = queries.metrics([chosen], split=["train", "val"], metric="loss")
+    if m.empty:
+        st.caption("No curves recorded.")
+    else:
+        st.plotly_chart(
+            curves_figure(curves_info(m, "loss", ("train", "val"), labels, 0.6), log_y=True),
+            width="stretch",
+            key="pareto_detail_curves",
+        )
+with d2[0]:
+    test_cols = [c for c in metrics if c in row.index and row[c] == row[c]]
+    st.dataframe(
+        {"metric": test_cols, "test": [float(row[c]) for c in test_cols]}, hide_index=True, width="stretch"
+    )
+with d2[1], st.expander("Config", expanded=True):
+    st.code(json.dumps(queries.config(chosen), indent=2), language="json", height=320)
+st.page_link(
+    "pages/live.py",
+    label="Open this run in Live",
+    icon=":material/monitoring:",
+    query_params=state.view_params(runs=[chosen]),
+)
