@@ -3,8 +3,10 @@
 `train(cfg, writer)` loads the dataset, builds the model and balancer from the registries and
 trains. Each step it computes the task losses, asks the balancer to fill the gradients (the
 Jacobian is computed once and shared with the gradient statistics when both need it), steps the
-optimiser and hands rows to the writer. Validation runs each epoch (early stopping on a chosen
-metric), test metrics come from the best epoch, and a checkpoint is saved at the end.
+optimiser (and the balancer's own optimiser of the shared parameters, for an optimiser-level
+balancer such as AdaTask: `Balancer.shared_optimizer`) and hands rows to the writer. Validation
+runs each epoch (early stopping on a chosen metric), test metrics come from the best epoch, and a
+checkpoint is saved at the end.
 
 There is no method-specific code here: what a method needs, it asks for through its interface.
 """
@@ -205,9 +207,15 @@ def train(
     seed_everything(cfg.seed)
     model = build_model(cfg.arch, data.features, data.tasks, resolved["arch"]).to(device)
     balancer = build_balancer(cfg.balancer, task_names, resolved["balancer"]).to(device)
-    optimizer = _make_optimizer(cfg, list(model.parameters()) + balancer.parameters())
     shared = model.shared_parameters()
     task_params = model.task_specific_parameters()
+    # an optimiser-level balancer (AdaTask) may own the update of the shared parameters
+    shared_opt = balancer.shared_optimizer(shared, cfg.lr, cfg.weight_decay) if shared else None
+    owned = {id(p) for p in shared} if shared_opt is not None else set()
+    optimizer = _make_optimizer(
+        cfg, [p for p in model.parameters() if id(p) not in owned] + balancer.parameters()
+    )
+    optimizers = [optimizer] if shared_opt is None else [optimizer, shared_opt]
     blocks = block_slices(model.shared_blocks(), shared) if shared else {}
     writer.log_event(
         "info",
@@ -260,7 +268,8 @@ def train(
                         f"(epoch {epoch}); training stopped. Try a lower learning rate (now {cfg.lr}) "
                         f"or another balancer."
                     )
-                optimizer.zero_grad(set_to_none=True)
+                for opt in optimizers:
+                    opt.zero_grad(set_to_none=True)
                 ctx = StepContext(losses, task_names, shared, task_params, step, epoch, model)
                 log_stats = bool(shared) and cfg.grad_stats_every > 0 and step % cfg.grad_stats_every == 0
                 if log_stats:
@@ -268,7 +277,8 @@ def train(
                 weights = balancer.backward(ctx)
                 if log_stats:
                     writer.log_grad_stats(step, gradient_stats(ctx.jacobian(), task_names, blocks))
-                optimizer.step()
+                for opt in optimizers:
+                    opt.step()
 
                 if step % cfg.log_every == 0:
                     lv = losses.detach().cpu().tolist()
@@ -286,7 +296,7 @@ def train(
                     ]
                     writer.log_metrics(rows)
                     writer.log_task_weights(step, dict(zip(task_names, wv, strict=True)))
-                    internals = balancer.internals()
+                    internals = {**balancer.internals(), **model.internals()}
                     if internals:
                         writer.log_balancer_stats(step, internals)
                 step += 1

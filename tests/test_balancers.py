@@ -53,6 +53,8 @@ ORDER_DEPENDENT = {"pcgrad"}
 SCALE_INVARIANT = ["mgda", "pcgrad", "cagrad"]
 # Non-default parameters for the permutation test (weights keyed by task name must follow the names).
 PERMUTATION_PARAMS: dict[str, dict] = {"fixed": {"weights": {"ctr": 1.0, "cvr": 2.5, "like": 0.5}}}
+# Methods with a main/target task (default: the first task) name it, so the weights follow the names.
+PERMUTATION_PARAMS |= {"metabalance": {"target": "cvr"}, "pmtrec": {"main_task": "cvr"}}
 
 
 def build(name: str, n_tasks: int, **params: object) -> Balancer:

@@ -11,13 +11,28 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from engine.balancers.adatask import AdaTask
+from engine.balancers.alignedmtl import AlignedMTL
 from engine.balancers.base import Balancer, BalancerParams, StepContext
 from engine.balancers.cagrad import CAGrad
+from engine.balancers.dbmtl import DBMTL
+from engine.balancers.dwa import DWA
 from engine.balancers.ew import EW
+from engine.balancers.famo import FAMO
 from engine.balancers.fixed import Fixed
+from engine.balancers.gls import GLS
+from engine.balancers.gradcraft import GradCraft
+from engine.balancers.graddrop import GradDrop
 from engine.balancers.gradnorm import GradNorm
+from engine.balancers.gradvac import GradVac
+from engine.balancers.imtl import IMTL
+from engine.balancers.metabalance import MetaBalance
 from engine.balancers.mgda import MGDA
+from engine.balancers.nashmtl import NashMTL
 from engine.balancers.pcgrad import PCGrad
+from engine.balancers.pmtrec import PMTRec
+from engine.balancers.rlw import RLW
+from engine.balancers.upgrad import UPGrad
 from engine.balancers.uw import UW
 
 BALANCERS: dict[str, type[Balancer]] = {
@@ -28,6 +43,21 @@ BALANCERS: dict[str, type[Balancer]] = {
     "mgda": MGDA,
     "pcgrad": PCGrad,
     "cagrad": CAGrad,
+    "dwa": DWA,
+    "gls": GLS,
+    "rlw": RLW,
+    "famo": FAMO,
+    "dbmtl": DBMTL,
+    "gradvac": GradVac,
+    "graddrop": GradDrop,
+    "imtl": IMTL,
+    "nashmtl": NashMTL,
+    "alignedmtl": AlignedMTL,
+    "upgrad": UPGrad,
+    "gradcraft": GradCraft,
+    "metabalance": MetaBalance,
+    "adatask": AdaTask,
+    "pmtrec": PMTRec,
 }
 
 __all__ = ["BALANCERS", "Balancer", "BalancerParams", "StepContext", "build_balancer"]

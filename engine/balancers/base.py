@@ -13,6 +13,10 @@ Two base classes cover the two families:
   the plain gradient of the sum of task losses (each tower only depends on its own task).
   Where the method is a function of the Gramian G = J J^T alone, write it as
   `gramian_weights(G) -> w` and let `direction = w @ J` (torchjd's style).
+
+Optimiser-level methods (AdaTask) also override `shared_optimizer`: their `backward` writes the
+final update direction of the shared parameters into `.grad`, and the trainer steps those
+parameters with the plain optimiser the balancer returns instead of the run's optimiser.
 """
 
 from __future__ import annotations
@@ -81,6 +85,20 @@ class Balancer:
 
     def backward(self, ctx: StepContext) -> torch.Tensor:
         raise NotImplementedError
+
+    def shared_optimizer(
+        self, params: list[nn.Parameter], lr: float, weight_decay: float
+    ) -> torch.optim.Optimizer | None:
+        """The optimiser that steps the shared parameters, for a balancer that owns their update.
+
+        Default None: the run's optimiser (Adam, AdamW or SGD) steps them with the `.grad` that
+        `backward` wrote, like every other parameter. An optimiser-level method (AdaTask keeps
+        Adam moments per task) writes its finished, already preconditioned update direction into
+        `.grad` and returns a plain optimiser here (SGD at `lr`, no momentum), which the trainer
+        then uses for the shared parameters instead of the run's optimiser, so the direction is
+        applied once and never re-preconditioned. Called once, before training.
+        """
+        return None
 
     def internals(self) -> dict[str, float]:
         """Extra numbers worth logging this step (projections made, solver values, ...)."""

@@ -149,6 +149,11 @@ class MTLModel(nn.Module):
                 preds[task.name] = out
         return preds
 
+    def internals(self) -> dict[str, float]:
+        """Scalars about the last training forward pass worth recording (logged with the balancer
+        statistics each logged step); e.g. MMoE's mean gate weight per task and expert."""
+        return {}
+
     def diagram(self) -> dict[str, list]:
         """Structure for the dashboard: {"nodes": [(id, label, kind)], "edges": [(src, dst)]}.
         kind is one of input, shared, expert, gate, task, output. Override for a detailed one."""
