@@ -48,8 +48,8 @@ def _one(job: dict[str, Any]) -> dict[str, Any]:
     row = {k: job[k] for k in ("axis_value", "dataset", "seed")}
     try:
         cfg = load_config(job["config"])
-    except ConfigError as e:
-        return {**row, "error": str(e)}
+    except ConfigError as e:  # the combination does not apply (e.g. a cascade on non-funnel tasks)
+        return {**row, "error": str(e), "not_applicable": True}
     t0 = time.perf_counter()
     try:
         res = train(cfg)
@@ -103,7 +103,10 @@ def summarise(rows: list[dict[str, Any]], axis: str) -> str:
         lines += [f"### {dataset}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for name, g in part.groupby("axis_value", sort=False):
             if "error" in g and g["error"].notna().all():
-                lines.append(f"| {name} | " + " | ".join(["failed"] * (len(header) - 1)) + " |")
+                na = "not_applicable" in g and g["not_applicable"].fillna(False).astype(bool).all()
+                reason = str(g["error"].iloc[0]).split(";")[0].replace("|", "/")
+                cells = [f"n/a: {reason}" if na else f"failed: {reason}"] + [""] * (len(header) - 2)
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
                 continue
             ok = g[g["error"].isna()] if "error" in g else g
             cells = [f"{ok[c].mean():.4f} ± {ok[c].std(ddof=0):.4f}" for c in metric_cols]

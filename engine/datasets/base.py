@@ -38,6 +38,9 @@ class TaskSpec:
     n_classes: int = 1
     metrics: tuple[str, ...] = ()
     description: str = ""
+    #: tasks whose positive label this one's implies (a funnel: purchase implies cart and click);
+    #: cascade models (ESMM, ESM2) read it to accept only tasks that really form a chain
+    implies: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.metrics:

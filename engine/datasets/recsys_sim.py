@@ -17,15 +17,21 @@ Generative story (every draw from `data_seed`):
   sqrt(conversion_rate) and P(purchase | click) is `conversion_rate` (in expectation).
 
 All three labels are defined on every impression (the entire space, as in ESMM): purchase <=
-cart <= click. Behaviour sequences: per impression, the same user's strictly earlier events,
-one per clicked impression, typed by how far it went (1 click, 2 cart, 3 purchase); the most
-recent `seq_len` kept, oldest first, left-padded with 0. `seq_items` uses item ids 1..n_items
-(the same ids as the item_id column; 0 = pad).
+cart <= click. With `label_space="clicked"` the cart and purchase labels are masked to the clicked
+impressions instead: the conventional post-click training set of a CVR model (its loss and
+metrics see clicked rows only; a purchase label then reads P(purchase | click)), the baseline whose
+sample-selection bias ESMM removes.
+
+Behaviour sequences: per impression, the same user's strictly earlier events, one per clicked
+impression, typed by how far it went (1 click, 2 cart, 3 purchase); the most recent `seq_len`
+kept, oldest first, left-padded with 0. `seq_items` uses item ids 1..n_items (the same ids as the
+item_id column; 0 = pad).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import numpy as np
 from pydantic import Field
@@ -62,6 +68,11 @@ class RecsysSimParams(DatasetParams):
     )
     click_rate: float = Field(0.15, ge=0.01, le=0.6, description="target mean P(click)")
     seq_len: int = Field(20, ge=1, le=200, description="earlier events kept per impression")
+    label_space: Literal["entire", "clicked"] = Field(
+        "entire",
+        description="where cart/purchase labels are defined: every impression, or clicked ones only "
+        "(the conventional, selection-biased CVR training set)",
+    )
     data_seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of the simulated world")
 
 
@@ -161,9 +172,19 @@ class RecsysSimDataset(Dataset):
         return [
             TaskSpec("click", "binary", metrics=("auc", "logloss"), description="impression clicked"),
             TaskSpec(
-                "cart", "binary", metrics=("auc", "logloss"), description="added to cart (implies click)"
+                "cart",
+                "binary",
+                metrics=("auc", "logloss"),
+                description="added to cart (implies click)",
+                implies=("click",),
             ),
-            TaskSpec("purchase", "binary", metrics=("auc", "logloss"), description="bought (implies cart)"),
+            TaskSpec(
+                "purchase",
+                "binary",
+                metrics=("auc", "logloss"),
+                description="bought (implies cart)",
+                implies=("cart", "click"),
+            ),
         ]
 
     def load(self, params: DatasetParams, seed: int) -> MTLData:
@@ -192,7 +213,8 @@ class RecsysSimDataset(Dataset):
             "seq_mask": seq_mask,
         }
         targets = {"click": click, "cart": cart, "purchase": purchase}
-        tr, va, te = make_splits(features, targets, indices)
+        masks = {"cart": click, "purchase": click} if params.label_space == "clicked" else None
+        tr, va, te = make_splits(features, targets, indices, masks)
         spec = FeatureSpec(
             dense_names=("price", "user_activity"),
             cat_names=("user_id", "item_id", "user_segment", "item_category", "position"),

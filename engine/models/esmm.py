@@ -23,6 +23,7 @@ scores them on clicked rows only: the CVR metric of the ESMM paper (evaluation, 
 
 from __future__ import annotations
 
+import itertools
 import weakref
 from dataclasses import dataclass
 from typing import ClassVar
@@ -79,6 +80,13 @@ def check_binary_chain(model_name: str, tasks: list[TaskSpec], what: str) -> Non
     bad = [f"{t.name} ({t.kind})" for t in tasks if t.kind != "binary"]
     if bad:
         raise ValueError(f"{model_name} models a funnel of binary actions; not binary: {', '.join(bad)}")
+    for prev, cur in itertools.pairwise(tasks):
+        if prev.name not in cur.implies:
+            raise ValueError(
+                f"{model_name} needs each task to imply the one before it ({what}); the dataset does not "
+                f"declare that {cur.name!r} implies {prev.name!r} - use a funnel such as recsys-sim's "
+                "click, cart, purchase"
+            )
 
 
 class CascadeParams(ModelParams):
