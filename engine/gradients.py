@@ -1,26 +1,75 @@
 """Per-task gradients: the T x P Jacobian, its Gramian, cosines and norms.
 
-The Jacobian of the task losses w.r.t. the shared parameters is computed in one batched
-`torch.autograd.grad` call (`is_grads_batched=True` vmaps the backward over the T rows of an
-identity matrix), which costs about 1.3x one plain backward instead of T backwards.
+`jacobian(losses, params)` returns the exact T x P Jacobian of the task losses w.r.t. the shared
+parameters by the cheapest route the autograd graph allows:
+
+- "trunk" (the default when it applies): the autograd graph of a multi-task model splits into a
+  *trunk* (nodes that two or more task losses reach, e.g. MMoE's experts) and one *head* per task
+  (nodes only that task's loss reaches: its gate, mixing and tower). One backward pass through the
+  heads alone (hooks on the head nodes that feed the trunk catch each task's gradient at the
+  trunk's outputs) gives every task's gradient w.r.t. the shared representation; one batched
+  backward (`is_grads_batched`) carries the T rows through the trunk to the parameters. Each
+  head is traversed once instead of T times (a plain batched backward pushes all T rows, mostly
+  zeros, through every head). This is the chain rule split at the shared representation, as in
+  MGDA-UB (Sener & Koltun, "Multi-Task Learning as Multi-Objective Optimization", NeurIPS 2018)
+  and torchjd's `mtl_backward`, but exact: the trunk is found in the graph, not declared, and
+  the Jacobian is still w.r.t. the parameters. It needs the losses stacked (`torch.stack`, so
+  each task's loss is its own graph root).
+- "batched": one `torch.autograd.grad(..., is_grads_batched=True)` over an identity matrix (vmap
+  over the backward): the fallback for any other graph.
+- "loop": T separate `torch.autograd.grad` calls (reference and benchmark).
+
+Nothing here copies to the host: the Jacobian, Gramians and statistics stay on the device until
+`gradient_stats` returns plain floats (one transfer of a few small matrices).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import nn
+from torch.autograd.graph import GradientEdge
+
+Method = Literal["auto", "trunk", "batched", "loop"]
+
+#: The route `jacobian` takes when none is given ("auto": trunk when the graph allows, else batched).
+DEFAULT_METHOD: Method = "auto"
+#: How the trunk route carries the T rows through the trunk: "loop" (T plain backward passes,
+#: dense kernels: the faster on CPU, where vmap's batched kernels for broadcast/strided layouts are
+#: slow), "batched" (one vmapped backward: fewer kernel launches, the faster on a GPU) or "auto".
+TRUNK_ROWS: Literal["auto", "loop", "batched"] = "auto"
 
 
-def jacobian(losses: torch.Tensor, params: list[nn.Parameter], retain_graph: bool = True) -> torch.Tensor:
+def jacobian(
+    losses: torch.Tensor,
+    params: list[nn.Parameter],
+    retain_graph: bool = True,
+    method: Method | None = None,
+) -> torch.Tensor:
     """(T, P) matrix whose row t is d losses[t] / d params, flattened in `params` order.
 
-    Parameters a task does not depend on get zeros in its row.
+    Parameters a task does not depend on get zeros in its row. `method` picks the route (see the
+    module docstring); every route gives the same matrix up to float rounding.
     """
     T = losses.shape[0]
     if not params:  # nothing shared: an empty Jacobian, not an error
         return torch.zeros((T, 0), device=losses.device, dtype=losses.dtype)
+    method = method or DEFAULT_METHOD
+    if method in ("auto", "trunk"):
+        J = _trunk_jacobian(losses, params, retain_graph)
+        if J is not None:
+            return J
+        if method == "trunk":
+            raise ValueError("the losses are not stacked task roots; the trunk route does not apply")
+    if method == "loop":
+        rows = []
+        for t in range(T):
+            g = torch.autograd.grad(losses[t], params, retain_graph=True, allow_unused=True)
+            rows.append(_flat(g, params, None))
+        return torch.stack(rows)
     eye = torch.eye(T, device=losses.device, dtype=losses.dtype)
     grads = torch.autograd.grad(
         losses,
@@ -30,17 +79,289 @@ def jacobian(losses: torch.Tensor, params: list[nn.Parameter], retain_graph: boo
         retain_graph=retain_graph,
         allow_unused=True,
     )
-    cols = [
-        (g if g is not None else torch.zeros((T, *p.shape), device=p.device, dtype=p.dtype)).reshape(T, -1)
-        for g, p in zip(grads, params, strict=True)
-    ]
-    return torch.cat(cols, dim=1)
+    return _flat(grads, params, T)
+
+
+def jacobian_and_task_grads(
+    losses: torch.Tensor,
+    shared: list[nn.Parameter],
+    task_params: list[nn.Parameter],
+    retain_graph: bool = False,
+) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+    """The Jacobian w.r.t. `shared` and, from the same backward pass, the gradient of
+    sum_t losses[t] w.r.t. `task_params` (what a gradient balancer writes into the task-specific
+    parameters). On the trunk route the heads are traversed once for both; otherwise one batched
+    backward over shared + task parameters gives both (the task gradients are its row sums,
+    exact because each task-specific parameter is reached by one task's loss only)."""
+    T = losses.shape[0]
+    if not shared:
+        g = torch.autograd.grad(losses.sum(), task_params, retain_graph=retain_graph, allow_unused=True)
+        return torch.zeros((T, 0), device=losses.device, dtype=losses.dtype), list(g)
+    out: list[torch.Tensor | None] = []
+    J = _trunk_jacobian(losses, shared, retain_graph, task_params, out)
+    if J is not None:
+        return J, out
+    eye = torch.eye(T, device=losses.device, dtype=losses.dtype)
+    grads = torch.autograd.grad(
+        losses,
+        [*shared, *task_params],
+        grad_outputs=eye,
+        is_grads_batched=True,
+        retain_graph=retain_graph,
+        allow_unused=True,
+    )
+    J = _flat(grads[: len(shared)], shared, T)
+    return J, [None if g is None else g.sum(0) for g in grads[len(shared) :]]
+
+
+def _zeros(spec: tuple[torch.Size, torch.dtype, torch.device]) -> torch.Tensor:
+    shape, dtype, device = spec
+    return torch.zeros(shape, dtype=dtype, device=device)
+
+
+def _flat(grads: Any, params: list[nn.Parameter], T: int | None) -> torch.Tensor:
+    """Concatenate per-parameter gradients (zeros for None) into one flat (T, P) or (P,) tensor."""
+    lead = () if T is None else (T,)
+    cols = []
+    for g, p in zip(grads, params, strict=True):
+        if g is None:
+            g = torch.zeros((*lead, *p.shape), device=p.device, dtype=p.dtype)
+        cols.append(g.reshape(*lead, -1))
+    return torch.cat(cols, dim=-1)
+
+
+# ------------------------------------------------------------------------ the trunk route
+
+
+@dataclass
+class TrunkSplit:
+    """The graph of one step cut between the trunk (nodes >= 2 task roots reach) and the heads."""
+
+    roots: list[tuple[Any, int]]  # (node, output_nr) of each task's loss
+    edges: list[tuple[Any, int]]  # trunk outputs that some head consumes, (node, output_nr)
+    boundary: list[tuple[Any, int, list[tuple[int, int]]]]  # (head node, task, [(input idx, edge idx)])
+    head_params: dict[int, tuple[int, int]]  # params index -> (task, stage-1 input index)
+    trunk_params: list[int]  # params indices reached through the trunk
+
+
+def trunk_split(losses: torch.Tensor, params: list[nn.Parameter]) -> TrunkSplit | None:
+    """Find the trunk/head cut of the graph behind `losses` (None when it does not apply)."""
+    fn = losses.grad_fn
+    T = losses.shape[0]
+    if fn is None or type(fn).__name__ != "StackBackward0" or len(fn.next_functions) != T:
+        return None
+    roots = [(n, nr) for n, nr in fn.next_functions]
+    reach: list[set[Any]] = []
+    acc_of: dict[int, Any] = {}  # id(param) -> its AccumulateGrad node
+    for node, _ in roots:
+        seen: set[Any] = set()
+        stack = [node]
+        while stack:
+            n = stack.pop()
+            if n is None or n in seen:
+                continue
+            seen.add(n)
+            var = getattr(n, "variable", None)
+            if var is not None:
+                acc_of[id(var)] = n
+            stack.extend(nf for nf, _ in n.next_functions)
+        reach.append(seen)
+    counts = Counter(n for r in reach for n in r)
+    trunk = {n for n, c in counts.items() if c >= 2}
+    edge_index: dict[tuple[Any, int], int] = {}
+    boundary: list[tuple[Any, int, list[tuple[int, int]]]] = []
+    for t, r in enumerate(reach):
+        for h in r:
+            if h in trunk:
+                continue
+            slots = []
+            for i, (nf, nr) in enumerate(h.next_functions):
+                if nf is not None and nf in trunk:
+                    slots.append((i, edge_index.setdefault((nf, nr), len(edge_index))))
+            if slots:
+                boundary.append((h, t, slots))
+    head_params: dict[int, tuple[int, int]] = {}
+    trunk_params: list[int] = []
+    n_head = 0
+    for i, p in enumerate(params):
+        node = acc_of.get(id(p))
+        if node is None:
+            continue  # no task reaches it: zero column
+        if node in trunk:
+            trunk_params.append(i)
+        else:
+            t = next(t for t, r in enumerate(reach) if node in r)
+            head_params[i] = (t, n_head)
+            n_head += 1
+    return TrunkSplit(roots, list(edge_index), boundary, head_params, trunk_params)
+
+
+def _head_pass(
+    losses: torch.Tensor, split: TrunkSplit, inputs: list[nn.Parameter]
+) -> tuple[list[list[torch.Tensor | None]], tuple[torch.Tensor | None, ...]]:
+    """Stage 1: one backward pass through the heads only (it stops at the trunk's outputs).
+
+    Returns each task's gradient at each trunk output (caught by hooks on the head nodes that
+    feed the trunk) and the gradients of sum(losses) w.r.t. `inputs` (parameters in the heads)."""
+    T = losses.shape[0]
+    E = len(split.edges)
+    caught: list[list[torch.Tensor | None]] = [[None] * E for _ in range(T)]
+
+    def catcher(t: int, slots: list[tuple[int, int]]):  # type: ignore[no-untyped-def]
+        def hook(grad_inputs: tuple[torch.Tensor | None, ...], _grad_outputs: Any) -> None:
+            for i, e in slots:
+                g = grad_inputs[i]
+                if g is not None:
+                    prev = caught[t][e]
+                    caught[t][e] = g if prev is None else prev + g
+
+        return hook
+
+    handles = [h.register_hook(catcher(t, slots)) for h, t, slots in split.boundary]
+    roots = [GradientEdge(n, nr) for n, nr in split.roots if n is not None]
+    try:
+        out = torch.autograd.grad(
+            roots,
+            [GradientEdge(n, nr) for n, nr in split.edges] + inputs,
+            grad_outputs=[torch.ones((), dtype=losses.dtype, device=losses.device)] * len(roots),
+            retain_graph=True,
+            allow_unused=True,
+        )
+    finally:
+        for handle in handles:
+            handle.remove()
+    return caught, out[E:]  # the sums over tasks at the trunk outputs are not needed: drop them
+
+
+def representation_gramian(losses: torch.Tensor, params: list[nn.Parameter]) -> torch.Tensor | None:
+    """T x T Gramian of the task gradients w.r.t. the shared representation (the trunk's outputs
+    that the heads read), from one backward pass through the heads; None when the graph has no
+    trunk/head split.
+
+    This is MGDA-UB's approximation (Sener & Koltun, NeurIPS 2018): the Gramian of the parameter
+    Jacobian is approximated by that of the representation Jacobian, which costs no trunk pass.
+    Opt-in only: weights from it are not the exact method's; the update built from them,
+    sum_t w_t grad L_t, costs one ordinary backward pass."""
+    split = trunk_split(losses, params)
+    if split is None:
+        return None
+    T = losses.shape[0]
+    caught, _ = _head_pass(losses, split, [])
+    G = torch.zeros((T, T), dtype=torch.float64, device=losses.device)
+    for e in range(len(split.edges)):
+        rows = [None if (g := caught[t][e]) is None else g.reshape(-1) for t in range(T)]
+        for i in range(T):
+            for j in range(i, T):
+                a, b = rows[i], rows[j]
+                if a is not None and b is not None:  # dot products: no stacked or float64 copies
+                    G[i, j] += torch.dot(a, b).double()
+        for t in range(T):
+            caught[t][e] = None
+    return G + torch.triu(G, diagonal=1).T
+
+
+def _trunk_jacobian(
+    losses: torch.Tensor,
+    params: list[nn.Parameter],
+    retain_graph: bool,
+    extra: list[nn.Parameter] | None = None,
+    out_extra: list[torch.Tensor | None] | None = None,
+) -> torch.Tensor | None:
+    """The trunk route; with `extra`, also the gradients of sum(losses) w.r.t. those parameters
+    (task-specific ones), taken in the same head pass and appended to `out_extra`."""
+    split = trunk_split(losses, params)
+    if split is None:
+        return None
+    extra = list(extra or [])
+    T = losses.shape[0]
+    E = len(split.edges)
+    head_inputs = [params[i] for i in split.head_params]
+    caught, stage1 = _head_pass(losses, split, head_inputs + extra)
+    # J is filled in place, row by row or block by block (no per-task copies, no final concatenation)
+    offsets = [0]
+    for p in params:
+        offsets.append(offsets[-1] + p.numel())
+    J = torch.zeros((T, offsets[-1]), device=losses.device, dtype=losses.dtype)
+    if split.trunk_params and E:
+        # stage 2: the T rows of trunk-output gradients through the trunk
+        live = [e for e in range(E) if any(caught[t][e] is not None for t in range(T))]
+        outs = [GradientEdge(*split.edges[e]) for e in live]
+        refs = [
+            next((g.shape, g.dtype, g.device) for t in range(T) if (g := caught[t][e]) is not None)
+            for e in live
+        ]
+        trunk_inputs = [params[i] for i in split.trunk_params]
+        rows_mode = TRUNK_ROWS
+        if rows_mode == "auto":
+            rows_mode = "batched" if losses.device.type == "cuda" else "loop"
+        if outs and rows_mode == "batched":
+            gouts = [
+                torch.stack([caught[t][e] if caught[t][e] is not None else _zeros(r) for t in range(T)])
+                for e, r in zip(live, refs, strict=True)
+            ]
+            got = torch.autograd.grad(
+                outs,
+                trunk_inputs,
+                grad_outputs=gouts,
+                is_grads_batched=True,
+                retain_graph=retain_graph,
+                allow_unused=True,
+            )
+            for i, g in zip(split.trunk_params, got, strict=True):
+                if g is not None:
+                    J[:, offsets[i] : offsets[i + 1]] = g.reshape(T, -1)
+        elif outs:  # one plain backward per task through the trunk: dense kernels, no vmap
+            for t in range(T):
+                gouts_t = [
+                    caught[t][e] if caught[t][e] is not None else _zeros(r)
+                    for e, r in zip(live, refs, strict=True)
+                ]
+                caught[t] = [None] * E  # free this task's trunk-output gradients as soon as used
+                got = torch.autograd.grad(
+                    outs,
+                    trunk_inputs,
+                    grad_outputs=gouts_t,
+                    retain_graph=retain_graph or t < T - 1,
+                    allow_unused=True,
+                )
+                del gouts_t
+                for i, g in zip(split.trunk_params, got, strict=True):
+                    if g is not None:
+                        J[t, offsets[i] : offsets[i + 1]] = g.reshape(-1)
+    if out_extra is not None:
+        out_extra.extend(stage1[len(head_inputs) :])
+    for i, (t, k) in split.head_params.items():
+        g = stage1[k]
+        if g is not None:
+            J[t, offsets[i] : offsets[i + 1]] = g.reshape(-1)
+    return J
+
+
+#: Columns of J converted to float64 at a time by `gramian` (bounds the temporary copy).
+GRAMIAN_CHUNK = 8192
+
+
+def gramian(J: torch.Tensor) -> torch.Tensor:
+    """G = J J^T in float64, without a full float64 copy of J: the columns are converted and
+    multiplied in chunks of `GRAMIAN_CHUNK` and the chunk Gramians summed (on J's device)."""
+    J = J.detach()
+    if J.dtype == torch.float64:
+        return J @ J.T
+    G: torch.Tensor | None = None
+    for a in range(0, J.shape[1], GRAMIAN_CHUNK):
+        Jc = J[:, a : a + GRAMIAN_CHUNK].double()
+        g = Jc @ Jc.T
+        G = g if G is None else G + g
+    return G if G is not None else J.new_zeros((J.shape[0], J.shape[0]), dtype=torch.float64)
+
+
+# ----------------------------------------------------------------------------- statistics
 
 
 def cosine_matrix(G: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """Pairwise cosines G_ij / sqrt(G_ii G_jj) from a Gramian; 0 where a norm is zero."""
-    d = torch.sqrt(torch.clamp(torch.diagonal(G), min=0.0))
-    denom = d[:, None] * d[None, :]
+    d = torch.sqrt(torch.clamp(torch.diagonal(G, dim1=-2, dim2=-1), min=0.0))
+    denom = d[..., :, None] * d[..., None, :]
     return torch.where(denom > eps, G / denom.clamp_min(eps), torch.zeros_like(G))
 
 
@@ -71,26 +392,49 @@ def block_slices(
     return out
 
 
+def _block_ranges(idx: torch.Tensor) -> list[tuple[int, int]]:
+    """Contiguous [start, stop) runs of a sorted index vector (so blocks are views, not gathers)."""
+    if idx.numel() == 0:
+        return []
+    breaks = (torch.nonzero(idx[1:] - idx[:-1] != 1).flatten() + 1).tolist()
+    starts = [0, *breaks]
+    stops = [*breaks, idx.numel()]
+    lo = idx[starts].tolist()
+    hi = idx[[s - 1 for s in stops]].tolist()
+    return [(a, b + 1) for a, b in zip(lo, hi, strict=True)]
+
+
 def gradient_stats(
     J: torch.Tensor,
     task_names: list[str],
     blocks: dict[str, torch.Tensor] | None = None,
 ) -> list[GradStatRow]:
     """Rows of (layer, task_i, task_j, cosine, norm_i, norm_j) for i < j, overall ("all") and per
-    block. Diagonal rows (i == j, cosine 1) carry each task's own norm."""
-    parts: dict[str, torch.Tensor] = {"all": J}
-    for name, idx in (blocks or {}).items():
-        if len(blocks or {}) > 1:
-            parts[name] = J[:, idx.to(J.device)]
+    block. Diagonal rows (i == j, cosine 1) carry each task's own norm.
+
+    Each block's Gramian is computed on the device from contiguous column views of J (blocks are
+    runs of whole parameters); all Gramians travel to the host together, once.
+    """
+    parts: dict[str, torch.Tensor] = {}
+    block_list = list((blocks or {}).items()) if len(blocks or {}) > 1 else []
+    grams = []
+    for _name, idx in block_list:
+        G = None
+        for a, b in _block_ranges(idx):
+            Jb = J[:, a:b]
+            G = Jb @ Jb.T if G is None else G + Jb @ Jb.T
+        grams.append(G if G is not None else J.new_zeros((J.shape[0], J.shape[0])))
+    G_all = J @ J.T
+    stacked = torch.stack([G_all, *grams]).detach().double().cpu()
+    parts["all"] = stacked[0]
+    for (name, _idx), G in zip(block_list, stacked[1:], strict=True):
+        parts[name] = G
     rows: list[GradStatRow] = []
-    for layer, Jb in parts.items():
-        G = (Jb @ Jb.T).detach().double().cpu()
-        C = cosine_matrix(G)
-        n = torch.sqrt(torch.clamp(torch.diagonal(G), min=0.0))
-        T = len(task_names)
+    T = len(task_names)
+    for layer, G in parts.items():
+        C = cosine_matrix(G).tolist()
+        n = torch.sqrt(torch.clamp(torch.diagonal(G), min=0.0)).tolist()
         for i in range(T):
             for j in range(i, T):
-                rows.append(
-                    GradStatRow(layer, task_names[i], task_names[j], float(C[i, j]), float(n[i]), float(n[j]))
-                )
+                rows.append(GradStatRow(layer, task_names[i], task_names[j], C[i][j], n[i], n[j]))
     return rows

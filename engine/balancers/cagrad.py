@@ -31,6 +31,7 @@ from pydantic import Field
 
 from engine.balancers.base import BalancerParams, GradientAggregation, StepContext
 from engine.balancers.solvers import dual_cone_projection, minimize_on_simplex
+from engine.gradients import gramian
 
 ZERO_GW = 1e-10  # ||g_w|| below this fraction of the largest task-gradient norm counts as zero
 
@@ -103,6 +104,5 @@ class CAGrad(GradientAggregation):
         return torch.as_tensor(eff, device=G.device, dtype=G.dtype)
 
     def aggregate(self, J: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
-        Jd = J.detach().double()
-        w = self.gramian_weights(Jd @ Jd.T).to(J.dtype)
+        w = self.gramian_weights(gramian(J)).to(J.dtype)
         return w @ J, w

@@ -22,6 +22,7 @@ from pydantic import Field
 
 from engine.balancers.base import BalancerParams, GradientAggregation, StepContext
 from engine.balancers.solvers import min_norm_simplex
+from engine.gradients import gramian
 
 Normaliser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -52,8 +53,7 @@ class MGDA(GradientAggregation):
         return torch.as_tensor(w, device=G.device, dtype=G.dtype)
 
     def aggregate(self, J: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
-        Jd = J.detach().double()
-        G = Jd @ Jd.T
+        G = gramian(J)
         n = NORMALISERS[self.params.normalization](G, ctx.losses.detach().double().to(G.device))
         n = torch.where(torch.isfinite(n) & (n > 0), n, torch.ones_like(n))
         Gn = G / (n[:, None] * n[None, :])

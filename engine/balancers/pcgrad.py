@@ -18,6 +18,7 @@ import torch
 from pydantic import Field
 
 from engine.balancers.base import BalancerParams, GradientAggregation, StepContext
+from engine.gradients import gramian
 
 ZERO_NORM_SQ = 1e-24  # relative to the largest ||g_t||^2: below this a gradient counts as zero
 
@@ -61,6 +62,5 @@ class PCGrad(GradientAggregation):
         return torch.as_tensor(C.sum(axis=0), device=G.device, dtype=G.dtype)
 
     def aggregate(self, J: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
-        Jd = J.detach().double()
-        w = self.gramian_weights(Jd @ Jd.T).to(J.dtype)
+        w = self.gramian_weights(gramian(J)).to(J.dtype)
         return w @ J, w

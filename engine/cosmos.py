@@ -1,0 +1,606 @@
+"""Pareto-front learning with COSMOS: one model conditioned on the preference vector.
+
+COSMOS (Ruchte & Grabocka, "Scalable Pareto Front Approximation for Deep Multi-Objective
+Learning", ICDM 2021; official code github.com/ruchtem/cosmos): the preference ray r (a point of
+the simplex) is appended to every input row ("input conditioning"; for tabular data the rays are
+concatenated to the features), and for each batch one r is drawn from a Dirichlet(alpha). The
+batch loss is the linear scalarisation plus a cosine penalty that pulls the loss vector L towards
+the ray:
+
+    loss = sum_t r_t L_t  -  lambda * cos(r, L).
+
+After one training run, the model answers any preference by a forward pass: `evaluate_preference`
+gives the per-task metrics of one preference, `learned_front` those of many (the Pareto page's
+slider moves a point along this learned front).
+
+A COSMOS run is an ordinary run directory: `config.json` holds a RunConfig (the architecture,
+data, optimiser and epochs; balancer "ew", tag "cosmos"), `cosmos.json` the COSMOS parameters,
+and the trainer writes the usual tables: per-step train losses and the sampled preference (as
+task weights), per-epoch validation metrics at the uniform preference, test metrics at the
+uniform preference, and `checkpoint.pt` (with the COSMOS parameters). The model sees the
+dataset's features plus T extra dense columns named `pref:<task>`.
+
+Early stopping and the best epoch use the validation loss scalarised by each preference of a
+fixed set of evaluation rays (`eval_rays`), averaged over the rays: the whole front, not one
+point of it, has to improve.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from engine import metrics as M
+from engine.config import RunConfig, load_config, resolve
+from engine.datasets import load_dataset
+from engine.datasets.base import FeatureSpec, MTLData, Split
+from engine.devices import describe, select_device
+from engine.models import build_model
+from engine.models.base import MTLModel
+from engine.paths import REPO_ROOT
+from engine.recorder import RunWriter, read_json_dict, write_json_atomic
+from engine.store import Lake
+from engine.train import (
+    EVAL_BATCH,
+    NullWriter,
+    TrainingError,
+    TrainResult,
+    Writer,
+    _make_optimizer,
+    _metric_rows,
+    _to_device,
+    seed_everything,
+)
+
+PARAMS_FILE = "cosmos.json"
+TAG = "cosmos"
+PREF_PREFIX = "pref:"
+#: rows per forward pass when many preferences are evaluated at once
+FRONT_ROWS = 65_536
+
+
+class CosmosParams(BaseModel):
+    """COSMOS hyper-parameters (the paper's alpha and lambda)."""
+
+    model_config = ConfigDict(extra="forbid")
+    alpha: float = Field(
+        1.0, gt=0.0, le=100.0, description="Dirichlet concentration of the sampled preferences (1 = uniform)"
+    )
+    lam: float = Field(
+        1.0, ge=0.0, le=1000.0, description="weight lambda of the cosine penalty -lambda * cos(r, L)"
+    )
+    eval_rays: int = Field(
+        5, ge=2, le=101, description="preferences on which validation (best epoch, early stopping) is scored"
+    )
+
+
+def params_from(data: dict[str, Any] | CosmosParams | None) -> CosmosParams:
+    """Validate COSMOS parameters; ValueError naming the field otherwise."""
+    if isinstance(data, CosmosParams):
+        return data
+    try:
+        return CosmosParams(**(data or {}))
+    except ValidationError as e:
+        parts = [f"cosmos.{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()]
+        raise ValueError("; ".join(parts)) from None
+
+
+# ------------------------------------------------------------------------ conditioning
+
+
+def conditioned_features(features: FeatureSpec, task_names: Sequence[str]) -> FeatureSpec:
+    """The feature layout the conditioned model sees: T extra dense columns `pref:<task>`."""
+    extra = tuple(f"{PREF_PREFIX}{t}" for t in task_names)
+    return dataclasses.replace(features, dense_names=tuple(features.dense_names) + extra)
+
+
+def with_preference(feats: dict[str, torch.Tensor], pref: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A batch dict whose dense features carry the preference (T,) (or one per row, (B, T))."""
+    n = len(next(iter(feats.values())))
+    rows = pref.expand(n, -1) if pref.dim() == 1 else pref
+    out = dict(feats)
+    dense = feats.get("dense")
+    out["dense"] = rows if dense is None else torch.cat([dense, rows.to(dense.dtype)], dim=1)
+    return out
+
+
+def cosmos_loss(losses: torch.Tensor, pref: torch.Tensor, lam: float) -> torch.Tensor:
+    """sum_t r_t L_t - lambda * cos(r, L) (Ruchte & Grabocka 2021, eq. 3)."""
+    linear = (pref * losses).sum()
+    if lam == 0:
+        return linear
+    cos = torch.nn.functional.cosine_similarity(losses, pref, dim=0)
+    return linear - lam * cos
+
+
+def eval_rays(n_tasks: int, n: int) -> np.ndarray:
+    """Fixed preferences for validation: `n` evenly spaced for two tasks, else the simplex grid
+    with at most `n` points plus the centre."""
+    from engine.sweeps import grid_of_size
+
+    if n_tasks == 2:
+        a = np.linspace(0.0, 1.0, n)
+        return np.stack([a, 1.0 - a], axis=1)
+    grid = grid_of_size(n_tasks, n)
+    centre = np.full((1, n_tasks), 1.0 / n_tasks)
+    return np.unique(np.vstack([grid, centre]), axis=0)
+
+
+# ---------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate_preferences(
+    model: MTLModel, split: Split, data: MTLData, prefs: np.ndarray | torch.Tensor
+) -> list[dict[str, dict[str, float]]]:
+    """Per-task metrics and task loss of the conditioned model at each preference, in eval mode.
+
+    Mirrors `engine.train.evaluate` (loss from the model's own `task_losses`, averaged over
+    labelled rows; metrics from `engine.metrics`), with the rows of several preferences packed
+    into one forward pass (up to `FRONT_ROWS` rows at a time).
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(iter(split.targets.values())).device
+        P = torch.as_tensor(np.asarray(prefs, dtype=np.float32), device=device)
+        if P.dim() == 1:
+            P = P[None]
+        n = len(split)
+        names = [t.name for t in data.tasks]
+        per_chunk = max(1, FRONT_ROWS // max(n, 1))
+        preds: list[dict[str, list[torch.Tensor]]] = [{t: [] for t in names} for _ in range(len(P))]
+        loss_sums = np.zeros((len(P), len(names)))
+        counts = np.zeros((len(P), len(names)))
+        for p0 in range(0, len(P), per_chunk):
+            ps = P[p0 : p0 + per_chunk]
+            k = len(ps)
+            rows_per_pass = n if k > 1 else min(n, EVAL_BATCH)  # k > 1 only when k * n <= FRONT_ROWS
+            for start in range(0, n, max(rows_per_pass, 1)):
+                stop = min(start + rows_per_pass, n)
+                m = stop - start
+                feats = {key: v[start:stop] for key, v in split.features.items()}
+                targets = {key: v[start:stop] for key, v in split.targets.items()}
+                masks = {key: v[start:stop] for key, v in split.masks.items()}
+                rep = {key: v.repeat(k, *([1] * (v.dim() - 1))) for key, v in feats.items()}
+                outputs = model(with_preference(rep, ps.repeat_interleave(m, dim=0)))
+                probs = model.predict(outputs)
+                for j in range(k):
+                    out_j = {t: v[j * m : (j + 1) * m] for t, v in outputs.items()}
+                    losses = model.task_losses(out_j, targets, masks)
+                    for i, t in enumerate(names):
+                        mask = masks.get(t)
+                        cnt = int(mask.sum()) if mask is not None else m
+                        loss_sums[p0 + j, i] += float(losses[t]) * cnt
+                        counts[p0 + j, i] += cnt
+                        preds[p0 + j][t].append(probs[t][j * m : (j + 1) * m].float().cpu())
+        results: list[dict[str, dict[str, float]]] = []
+        for i_pref in range(len(P)):
+            out: dict[str, dict[str, float]] = {}
+            for i, t in enumerate(data.tasks):
+                y = split.targets[t.name].cpu().numpy()
+                p = torch.cat(preds[i_pref][t.name]).numpy()
+                mask = split.masks.get(t.name)
+                if mask is not None:
+                    keep = mask.cpu().numpy().astype(bool)
+                    y, p = y[keep], p[keep]
+                vals = {"loss": float(loss_sums[i_pref, i] / max(counts[i_pref, i], 1.0))}
+                for metric in t.metrics:
+                    vals[metric] = M.compute(metric, y, p) if len(y) else float("nan")
+                out[t.name] = vals
+            results.append(out)
+        return results
+    finally:
+        model.train(was_training)
+
+
+# ------------------------------------------------------------------------------ training
+
+
+def train_cosmos(
+    cfg: RunConfig,
+    params: CosmosParams | dict[str, Any] | None = None,
+    writer: Writer | None = None,
+    checkpoint_path: Path | None = None,
+) -> TrainResult:
+    """Train one preference-conditioned model (COSMOS) described by `cfg` and `params`.
+
+    Same data, seeding, batching, optimiser and epochs as `engine.train.train`; the balancer in
+    `cfg` is ignored (the COSMOS loss replaces it). Raises TrainingError on NaN/inf losses.
+    """
+    cp = params_from(params)
+    writer = writer or NullWriter()
+    resolved = resolve(cfg)
+    t0 = time.perf_counter()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = select_device(cfg.device)
+    seed_everything(cfg.seed)
+    data = load_dataset(cfg.dataset, resolved["dataset"], cfg.seed).select_tasks(resolved["tasks"])
+    train_split = _to_device(data.train, device)
+    val_split = _to_device(data.val, device)
+    test_split = _to_device(data.test, device)
+    task_names = data.task_names
+    T = len(task_names)
+    seed_everything(cfg.seed)
+    model = build_model(
+        cfg.arch, conditioned_features(data.features, task_names), data.tasks, resolved["arch"]
+    )
+    model = model.to(device)
+    optimizer = _make_optimizer(cfg, list(model.parameters()))
+    rng = np.random.default_rng([cfg.seed, 7919])  # the preference stream, independent of torch's
+    rays = eval_rays(T, cp.eval_rays)
+    uniform = np.full(T, 1.0 / T)
+    writer.log_event(
+        "info",
+        f"training a preference-conditioned {cfg.arch} (COSMOS, alpha {cp.alpha}, lambda {cp.lam}) on "
+        f"{cfg.dataset} ({', '.join(task_names)}) on {describe(device)}: {len(data.train)} train / "
+        f"{len(data.val)} val / {len(data.test)} test rows, {sum(p.numel() for p in model.parameters())} "
+        f"parameters; validation scored on {len(rays)} preferences",
+    )
+    n = len(train_split)
+    steps_per_epoch = (n + cfg.batch_size - 1) // cfg.batch_size
+    if cfg.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
+    total_steps = steps_per_epoch * cfg.epochs
+    gen = torch.Generator().manual_seed(cfg.seed)
+    best_score, best_state, best_val, best_epoch, bad_epochs = float("inf"), None, {}, 0, 0
+    step = 0
+    state = "finished"
+    model.train()
+    for epoch in range(1, cfg.epochs + 1):
+        perm = torch.randperm(n, generator=gen).to(device)
+        prefs = torch.as_tensor(
+            rng.dirichlet(np.full(T, cp.alpha), size=steps_per_epoch), dtype=torch.float32
+        )
+        prefs = prefs.to(device)
+        for b in range(steps_per_epoch):
+            idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+            feats = {k: v[idx] for k, v in train_split.features.items()}
+            targets = {k: v[idx] for k, v in train_split.targets.items()}
+            masks = {k: v[idx] for k, v in train_split.masks.items()}
+            r = prefs[b]
+            outputs = model(with_preference(feats, r))
+            ld = model.task_losses(outputs, targets, masks)
+            losses = torch.stack([ld[t] for t in task_names])
+            loss = cosmos_loss(losses, r, cp.lam)
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"the COSMOS loss became {float(loss)} (task losses {losses.tolist()}) at step {step} "
+                    f"(epoch {epoch}); training stopped. Try a lower learning rate (now {cfg.lr})."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if step % cfg.log_every == 0:
+                lv = losses.detach().cpu().tolist()
+                writer.log_metrics(
+                    [
+                        {
+                            "step": step,
+                            "epoch": epoch,
+                            "split": "train",
+                            "task": t,
+                            "metric": "loss",
+                            "value": v,
+                        }
+                        for t, v in zip(task_names, lv, strict=True)
+                    ]
+                )
+                writer.log_task_weights(step, dict(zip(task_names, r.cpu().tolist(), strict=True)))
+            step += 1
+            writer.set_progress(step, total_steps, epoch, cfg.epochs)
+            writer.maybe_flush()
+            if writer.cancel_requested():
+                state = "cancelled"
+                break
+        if state == "cancelled":
+            writer.log_event("info", f"cancelled at step {step} (epoch {epoch})")
+            break
+        evals = evaluate_preferences(model, val_split, data, np.vstack([uniform, rays]))
+        writer.log_metrics(_metric_rows(step, epoch, "val", evals[0]))
+        score = float(
+            np.mean(
+                [
+                    sum(r[j] * ev[t]["loss"] for j, t in enumerate(task_names))
+                    for r, ev in zip(rays, evals[1:], strict=True)
+                ]
+            )
+        )
+        writer.log_balancer_stats(step, {"val_scalarised_loss": score})
+        if best_state is None or score < best_score:
+            best_score, best_val, best_epoch, bad_epochs = score, evals[0], epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            bad_epochs += 1
+            if cfg.patience and bad_epochs >= cfg.patience:
+                writer.log_event(
+                    "info",
+                    f"early stop after epoch {epoch}: no gain of the ray-averaged validation loss "
+                    f"for {bad_epochs} epochs",
+                )
+                break
+    result = TrainResult(state=state, steps=step, best_val=best_val, best_epoch=best_epoch, model=model)
+    if state == "cancelled":
+        result.seconds = time.perf_counter() - t0
+        return result
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    test = evaluate_preferences(model, test_split, data, uniform)[0]
+    writer.log_metrics(_metric_rows(step, best_epoch, "test", test))
+    result.test = test
+    result.seconds = time.perf_counter() - t0
+    if checkpoint_path is not None:
+        save_cosmos_checkpoint(checkpoint_path, model, cfg, cp, best_epoch)
+    writer.log_event(
+        "info",
+        f"finished in {result.seconds:.1f} s; best epoch {best_epoch}; "
+        "test metrics at the uniform preference",
+    )
+    return result
+
+
+def save_cosmos_checkpoint(path: Path, model: MTLModel, cfg: RunConfig, cp: CosmosParams, epoch: int) -> None:
+    """Tensors and strings only (`torch.load(path, weights_only=True)` reads it)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save(
+        {
+            "state_dict": state,
+            "config": json.dumps(cfg.model_dump()),
+            "cosmos": cp.model_dump_json(),
+            "epoch": epoch,
+        },
+        tmp,
+    )
+    tmp.replace(path)
+
+
+# ------------------------------------------------------------------------- run directories
+
+
+def cosmos_config(
+    cfg: RunConfig | dict[str, Any], params: CosmosParams | dict[str, Any] | None = None
+) -> RunConfig:
+    """The RunConfig of a COSMOS run: balancer "ew" (unused), tag "cosmos", a readable name."""
+    cp = params_from(params)
+    d = cfg.model_dump(mode="json") if isinstance(cfg, RunConfig) else dict(cfg)
+    d["balancer"], d["balancer_params"] = "ew", {}
+    d["tags"] = [*[t for t in d.get("tags", []) if t != TAG], TAG]
+    if not d.get("name"):
+        d["name"] = f"COSMOS {d.get('arch', 'mmoe')} (alpha {cp.alpha:g}, lambda {cp.lam:g})"
+    return load_config(d)
+
+
+def is_cosmos_run(lake: Lake, run_id: str) -> bool:
+    """True when the run directory holds a COSMOS run (its `cosmos.json`)."""
+    return lake.exists(run_id) and (lake.run_dir(run_id) / PARAMS_FILE).is_file()
+
+
+def cosmos_run_ids(lake: Lake | None = None, dataset: str | None = None, finished: bool = True) -> list[str]:
+    """COSMOS runs in the lake (newest first), optionally of one dataset and only finished ones
+    (those have a checkpoint, so `learned_front` can answer for them)."""
+    lake = lake or Lake()
+    runs = lake.runs()
+    if runs.empty:
+        return []
+    sel = runs[runs["tags"].fillna("").str.split(",").apply(lambda tags: TAG in tags)]
+    if dataset is not None:
+        sel = sel[sel["dataset"] == dataset]
+    if finished:
+        sel = sel[sel["status"] == "finished"]
+    return [r for r in sorted(sel["run_id"], reverse=True) if is_cosmos_run(lake, r)]
+
+
+def create_cosmos_run(
+    cfg: RunConfig | dict[str, Any],
+    params: CosmosParams | dict[str, Any] | None = None,
+    lake: Lake | None = None,
+) -> str:
+    """Create a COSMOS run directory, already claimed (so the worker never trains it as a plain
+    run); `execute_cosmos` or `launch_cosmos` trains it."""
+    lake = lake or Lake()
+    cp = params_from(params)
+    rc = cosmos_config(cfg, cp)
+    rid = lake.create_run(rc, state="running")
+    lake.claim(rid, by="cosmos")
+    write_json_atomic(lake.run_dir(rid) / PARAMS_FILE, cp.model_dump())
+    return rid
+
+
+def execute_cosmos(lake: Lake, run_id: str) -> TrainResult | None:
+    """Train a COSMOS run directory in this process (status, heartbeat, rows, checkpoint)."""
+    from engine.runner import USER_ERRORS
+
+    run_dir = lake.run_dir(run_id)
+    writer = RunWriter(run_dir)
+    writer.start(os.getpid())
+    result: TrainResult | None = None
+    try:
+        cfg = load_config(lake.config(run_id))
+        cp = params_from(read_json_dict(run_dir / PARAMS_FILE))
+        result = train_cosmos(cfg, cp, writer, checkpoint_path=run_dir / "checkpoint.pt")
+        writer.finish(result.state, summary=result.test or None)
+    except USER_ERRORS as e:
+        writer.log_event("error", str(e))
+        writer.finish("failed", error=str(e))
+    except KeyboardInterrupt:
+        writer.finish("cancelled", error="interrupted")
+        raise
+    except Exception as e:  # a bug: keep the traceback
+        writer.log_event("error", traceback.format_exc(limit=8))
+        writer.finish("failed", error=f"internal error {type(e).__name__}: {e}")
+    finally:
+        with contextlib.suppress(Exception):
+            lake.compact(run_id)
+    return result
+
+
+def run_cosmos(
+    cfg: RunConfig | dict[str, Any],
+    params: CosmosParams | dict[str, Any] | None = None,
+    lake: Lake | None = None,
+) -> str:
+    """Create and train a COSMOS run in the foreground; return its id."""
+    lake = lake or Lake()
+    rid = create_cosmos_run(cfg, params, lake)
+    execute_cosmos(lake, rid)
+    return rid
+
+
+def launch_cosmos(
+    cfg: RunConfig | dict[str, Any],
+    params: CosmosParams | dict[str, Any] | None = None,
+    lake: Lake | None = None,
+) -> tuple[str, subprocess.Popen[bytes]]:
+    """Create a COSMOS run and train it in a detached `python -m engine _cosmos RUN_ID` process
+    (reaped by a daemon thread); return (run id, process)."""
+    lake = lake or Lake()
+    rid = create_cosmos_run(cfg, params, lake)
+    env = dict(os.environ)
+    env["SEESAW_HOME"] = str(lake.root)
+    env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    with open(lake.run_dir(rid) / "trainer.log", "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "engine", "_cosmos", "--home", str(lake.root), rid],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=str(REPO_ROOT),
+            env=env,
+            start_new_session=True,
+        )
+    threading.Thread(target=proc.wait, daemon=True, name=f"reap-{rid}").start()
+    return rid, proc
+
+
+# ------------------------------------------------------------------ the learned front API
+
+
+@dataclasses.dataclass
+class _Loaded:
+    model: MTLModel
+    data: MTLData
+    splits: dict[str, Split]
+    params: CosmosParams
+    key: tuple[str, float]
+
+
+_CACHE: OrderedDict[tuple[str, str], _Loaded] = OrderedDict()
+_CACHE_SIZE = 4
+_LOCK = threading.Lock()
+
+
+def load_cosmos(run_id: str, lake: Lake | None = None) -> _Loaded:
+    """The trained conditioned model of a finished COSMOS run with its data (cached per process,
+    reloaded when the checkpoint file changes)."""
+    lake = lake or Lake()
+    d = lake.run_dir(run_id)
+    ckpt_path = d / "checkpoint.pt"
+    if not (d / PARAMS_FILE).is_file():
+        raise ValueError(f"run {run_id} is not a COSMOS run (no {PARAMS_FILE})")
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(
+            f"COSMOS run {run_id} has no checkpoint yet (state {lake.status(run_id).get('state')})"
+        )
+    key = (str(lake.root), run_id)
+    stamp = (str(ckpt_path), ckpt_path.stat().st_mtime)
+    with _LOCK:
+        hit = _CACHE.get(key)
+        if hit is not None and hit.key == stamp:
+            _CACHE.move_to_end(key)
+            return hit
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    cfg = load_config(json.loads(ckpt["config"]))
+    cp = params_from(json.loads(ckpt["cosmos"]))
+    resolved = resolve(cfg)
+    data = load_dataset(cfg.dataset, resolved["dataset"], cfg.seed).select_tasks(resolved["tasks"])
+    model = build_model(
+        cfg.arch, conditioned_features(data.features, data.task_names), data.tasks, resolved["arch"]
+    )
+    model.load_state_dict(ckpt["state_dict"])
+    model.eval()
+    loaded = _Loaded(model, data, {"train": data.train, "val": data.val, "test": data.test}, cp, stamp)
+    with _LOCK:
+        _CACHE[key] = loaded
+        _CACHE.move_to_end(key)
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return loaded
+
+
+def _normalise(prefs: np.ndarray | Sequence[Sequence[float]] | Sequence[float], n_tasks: int) -> np.ndarray:
+    P = np.asarray(prefs, dtype=np.float64)
+    if P.ndim == 1:
+        P = P[None]
+    if P.ndim != 2 or P.shape[1] != n_tasks:
+        raise ValueError(f"a preference needs {n_tasks} entries (one per task), got shape {P.shape}")
+    if not np.all(np.isfinite(P)) or (P < 0).any():
+        raise ValueError("preferences must be finite and >= 0")
+    s = P.sum(axis=1, keepdims=True)
+    if (s <= 0).any():
+        raise ValueError("a preference must have at least one entry > 0")
+    return P / s
+
+
+def evaluate_preference(
+    run_id: str,
+    pref: Sequence[float] | dict[str, float],
+    lake: Lake | None = None,
+    split: str = "val",
+) -> dict[str, dict[str, float]]:
+    """Per-task metrics (task -> metric -> value, with the task loss) of a COSMOS run's model at
+    one preference, by evaluation alone. `pref` is a list in task order or a dict task -> weight;
+    it is normalised to sum 1."""
+    loaded = load_cosmos(run_id, lake)
+    names = loaded.data.task_names
+    vec = [float(pref[t]) for t in names] if isinstance(pref, dict) else list(pref)
+    P = _normalise(vec, len(names))
+    return evaluate_preferences(loaded.model, loaded.splits[split], loaded.data, P)[0]
+
+
+def learned_front(
+    run_id: str,
+    prefs: np.ndarray | Sequence[Sequence[float]] | int = 11,
+    lake: Lake | None = None,
+    split: str = "val",
+) -> pd.DataFrame:
+    """The learned front of a COSMOS run: one row per preference.
+
+    Columns: `pref/<task>` (normalised preference), then `<task>/<metric>` for every task metric
+    and the task loss (the same column names as the runs table's test summary, so the sweep's
+    points and this front share axes; use split="test" to compare with those test metrics).
+    `prefs` may be an int n: n evenly spaced preferences for two tasks, a simplex grid of about
+    n points for more.
+    """
+    loaded = load_cosmos(run_id, lake)
+    names = loaded.data.task_names
+    if split not in loaded.splits:
+        raise ValueError(f"split must be one of {list(loaded.splits)}, got {split!r}")
+    P = eval_rays(len(names), int(prefs)) if isinstance(prefs, int) else _normalise(prefs, len(names))
+    results = evaluate_preferences(loaded.model, loaded.splits[split], loaded.data, P)
+    rows = []
+    for p, res in zip(P, results, strict=True):
+        row: dict[str, float] = {f"pref/{t}": float(v) for t, v in zip(names, p, strict=True)}
+        for t in names:
+            for metric, value in res[t].items():
+                row[f"{t}/{metric}"] = value
+        rows.append(row)
+    return pd.DataFrame(rows)
