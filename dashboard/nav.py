@@ -25,6 +25,8 @@ def pages() -> list[st.Page]:
         st.Page("pages/conflicts.py", title="Conflicts", icon=":material/call_split:"),
         st.Page("pages/transfer.py", title="Transfer", icon=":material/compare_arrows:"),
         st.Page("pages/pareto.py", title="Pareto", icon=":material/scatter_plot:"),
+        st.Page("pages/learn.py", title="Learn", icon=":material/school:"),
+        st.Page("pages/report.py", title="Report", icon=":material/summarize:"),
     ]
 
 

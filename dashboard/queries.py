@@ -6,6 +6,8 @@ Every function returns plain DataFrames/dicts. The Lake is resolved from `$SEESA
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import threading
 import time
@@ -16,6 +18,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from dashboard import identity
 from dashboard.figures.common import run_labels
 from engine import paths
 from engine.store import Lake
@@ -138,30 +141,44 @@ def events(run_ids: Sequence[str]) -> pd.DataFrame:
 
 
 def submit(config_dict: dict[str, Any]) -> str:
-    """Validate (engine.config.load_config raises ConfigError) and queue one run."""
-    from engine.config import load_config
-    from engine.jobs import submit as _submit
-
-    cfg = load_config(config_dict)
-    return _submit(cfg, lake())
+    """Validate (engine.config.load_config raises ConfigError) and queue one run under this
+    session's user (engine.jobs.QueueLimitError when they have too many queued)."""
+    return submit_many([config_dict])[0]
 
 
 def submit_many(configs: Sequence[dict[str, Any]]) -> list[str]:
-    """Validate every config first, then queue them all (nothing is queued if one is invalid)."""
+    """Validate every config first, then queue them all under this session's user (nothing is
+    queued if one is invalid or the batch would pass the per-user queue limit)."""
     from engine.config import load_config
-    from engine.jobs import submit as _submit
+    from engine.jobs import submit_many as _submit_many
 
-    cfgs = [load_config(c) for c in configs]
-    return [_submit(c, lake()) for c in cfgs]
+    user = identity.current()
+    cfgs = [load_config({**c, "owner": user}) for c in configs]
+    return _submit_many(cfgs, lake())
+
+
+def current_user() -> str:
+    return identity.current()
 
 
 def cancel(run_id: str) -> str:
+    """Cancel a run of this session's user; returns what happened (or why not) in words."""
+    from engine.jobs import NotOwnerError
     from engine.jobs import cancel as _cancel
 
-    return str(_cancel(run_id, lake()))
+    try:
+        return str(_cancel(run_id, lake(), by=identity.current()))
+    except NotOwnerError as e:
+        return str(e)
 
 
 def delete(run_id: str) -> None:
+    """Delete a run of this session's user (engine.jobs.NotOwnerError for someone else's)."""
+    from engine.jobs import NotOwnerError
+
+    owner = config(run_id).get("owner")
+    if not identity.owns(owner):
+        raise NotOwnerError(f"run {run_id} belongs to {owner}; only they can delete it")
     lake().delete_run(run_id)
 
 
@@ -276,3 +293,144 @@ def task_primary_metrics(run_ids: Sequence[str]) -> dict[str, str]:
         for t in specs:
             out.setdefault(t.name, t.primary_metric)
     return out
+
+
+# ---- reports --------------------------------------------------------------------------------
+
+
+def configs(run_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """run_id -> its config (the configuration of every point of a report)."""
+    return {rid: config(rid) for rid in run_ids}
+
+
+def loss_curves(run_ids: Sequence[str]) -> pd.DataFrame:
+    """Train/val loss rows of the runs (the curves figure of a report)."""
+    return metrics(list(run_ids), split=["train", "val"], metric="loss")
+
+
+def transfer_of(run_ids: Sequence[str], labels: dict[str, str]) -> Any:
+    """TransferInfo of the multi-task runs among `run_ids` against their *finished* single-task
+    baselines (nothing is queued here); None when none has one."""
+    from dashboard.figures.transfer import transfer_info
+    from engine.baselines import find_baselines as _find
+
+    found = {r: b for r, b in _find(lake(), list(run_ids), states=("finished",)).items() if b and b != r}
+    if not found:
+        return None
+    finals = final_metrics([*found, *set(found.values())])
+    info = transfer_info(finals, found, task_primary_metrics(list(found)), labels)
+    return None if info.empty else info
+
+
+# ---- lessons (Learn page): one shared run per configuration -----------------------------------
+
+
+@functools.lru_cache(maxsize=4096)
+def _config_key(config_json: str) -> str:
+    from engine.dedupe import config_key
+
+    return config_key(json.loads(config_json))
+
+
+def lesson_run(config_dict: dict[str, Any], submit: bool = True, retry_failed: bool = False) -> str | None:
+    """The run of this configuration, shared by everyone: found, or (with `submit`) queued for the
+    worker under this session's user (engine.dedupe.find_or_submit; ConfigError / QueueLimitError
+    propagate). Without `submit`: None when nobody queued it yet."""
+    from engine.dedupe import find_by_key, find_or_submit
+
+    found = find_by_key(_config_key(json.dumps(config_dict, sort_keys=True, default=str)), lake())
+    if not submit or (found is not None and not retry_failed):
+        return found  # a lock-free look-up answers every redraw after the first
+    cfg = {**config_dict, "owner": identity.current()}
+    return find_or_submit(cfg, lake(), retry_failed=retry_failed)[0]
+
+
+def lesson_cosmos(
+    config_dict: dict[str, Any],
+    params: dict[str, Any] | None = None,
+    submit: bool = True,
+    retry_failed: bool = False,
+) -> str | None:
+    """The COSMOS run of this configuration, shared by everyone: found, or launched in its own
+    trainer process (engine.dedupe.find_or_launch_cosmos)."""
+    from engine.dedupe import find_cosmos, find_or_launch_cosmos
+
+    if not submit:
+        return find_cosmos(config_dict, params, lake())
+    cfg = {**config_dict, "owner": identity.current()}
+    return find_or_launch_cosmos(cfg, params, lake(), retry_failed=retry_failed)[0]
+
+
+def run_states(run_ids: Sequence[str]) -> dict[str, str]:
+    return {rid: str(status(rid).get("state", "unknown")) for rid in run_ids}
+
+
+def gate_weights(run_ids: Sequence[str]) -> pd.DataFrame:
+    """MMoE gate weights over training: run_id, step, task, expert, weight (from the
+    `gate:<task>:<expert>` balancer statistics the model records)."""
+    from engine.models.mmoe import GATE_STAT_PREFIX
+
+    df = balancer_stats(list(run_ids)) if run_ids else pd.DataFrame()
+    cols = ["run_id", "step", "task", "expert", "weight"]
+    if df.empty:
+        return pd.DataFrame(columns=cols)
+    df = df[df["name"].astype(str).str.startswith(GATE_STAT_PREFIX)]
+    if df.empty:
+        return pd.DataFrame(columns=cols)
+    parts = df["name"].astype(str).str[len(GATE_STAT_PREFIX) :].str.rsplit(":", n=1, expand=True)
+    return pd.DataFrame(
+        {
+            "run_id": df["run_id"].to_numpy(),
+            "step": df["step"].to_numpy(),
+            "task": parts[0].to_numpy(),
+            "expert": parts[1].astype(int).to_numpy(),
+            "weight": df["value"].astype(float).to_numpy(),
+        }
+    )
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def cosmos_front(run_id: str, prefs: tuple[tuple[float, ...], ...], split: str = "test") -> pd.DataFrame:
+    """A finished COSMOS run's metrics at each preference (inference only; cached)."""
+    from engine.cosmos import learned_front
+
+    return learned_front(run_id, list(map(list, prefs)), lake(), split=split)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def selection_bias(run_ids: tuple[str, ...], dataset_params_json: str, seed: int) -> dict[str, Any]:
+    """Truth and predictions of finished click -> purchase runs on recsys-sim's test rows
+    (engine.cascade_eval; inference only, cached per run set)."""
+    from engine.cascade_eval import predictions, truth
+
+    params = json.loads(dataset_params_json)
+    return {"truth": truth(params, seed), "pred": {rid: predictions(rid, lake()) for rid in run_ids}}
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def recsys_truth(dataset_params_json: str, seed: int) -> dict[str, Any]:
+    from engine.cascade_eval import truth
+
+    return truth(json.loads(dataset_params_json), seed)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def toy_landscape(n: int, scale: tuple[float, float]) -> Any:
+    from engine.toy2d import landscape
+
+    return landscape(n, scale)
+
+
+@st.cache_resource(show_spinner=False)
+def toy_pareto_set() -> Any:
+    from engine.toy2d import pareto_set
+
+    return pareto_set(401)  # grid step 0.05: sharp enough to draw, 0.2 s to compute
+
+
+@st.cache_data(show_spinner=False, max_entries=4096)
+def toy_trajectory(method: str, start: tuple[float, float], scale: tuple[float, float], seed: int) -> Any:
+    """One optimiser path on the 2-D toy problem (pure math on two numbers; cached)."""
+    from engine.toy2d import trajectory
+
+    return trajectory(method, start, scale=scale, seed=seed)

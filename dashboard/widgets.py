@@ -32,8 +32,12 @@ def state_badge(s: str | None) -> str:
 
 
 def sidebar() -> None:
-    """Worker state (alive, pid, running count; a start button when dead) and the lake path."""
+    """Who you are (runs are queued under that name), worker state (alive, pid, running count; a
+    start button when dead) and the lake path."""
+    from dashboard import identity
+
     with st.sidebar:
+        identity.sidebar_box()
         st.markdown("**Worker**")
         ws = queries.worker_status()
         if ws is not None:

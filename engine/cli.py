@@ -156,11 +156,15 @@ def _print_result(lake, run_id: str) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from engine.jobs import submit, worker_status
+    from engine.jobs import QueueLimitError, submit, worker_status
 
     cfg = config_from_args(args)
     lake = _lake(args)
-    run_id = submit(cfg, lake)
+    try:
+        run_id = submit(cfg, lake)
+    except QueueLimitError as e:
+        print(f"error: {e} (you are {e.owner!r}; $SEESAW_MAX_QUEUED_PER_USER sets it)", file=sys.stderr)
+        return 3
     print(run_id)
     if worker_status(lake) is None:
         print("queued; no worker is running: start one with `python -m engine worker`", file=sys.stderr)
@@ -266,6 +270,80 @@ def cmd_train_child(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """A task-weight sweep: K weight vectors x seeds, one population when it can be batched."""
+    from engine.sweeps import run_sweep, weight_vectors
+
+    cfg = config_from_args(args)
+    lake = _lake(args)
+    from engine.config import resolve
+
+    tasks = resolve(cfg)["tasks"]
+    seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
+    weights = weight_vectors(len(tasks), args.k, args.kind, seed=args.weight_seed)
+    print(f"sweep of {len(weights)} weight vectors x {len(seeds)} seed(s) over {tasks}", file=sys.stderr)
+    executor = "queue" if args.queue else "inprocess"
+    from engine.jobs import QueueLimitError
+
+    try:
+        res = run_sweep(cfg, weights, seeds, lake, mode=args.mode, executor=executor)
+    except QueueLimitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"sweep {res.sweep_id}: {res.mode}" + (f" ({res.reason})" if res.reason else ""))
+    print(f"  {len(res.run_ids)} runs in {res.seconds:.1f} s")
+    if res.mode == "queued":
+        return 0
+    df = lake.runs().set_index("run_id").loc[res.run_ids]
+    cols = ["status", "seed", *[c for c in df.columns if "/" in c and not c.endswith("/loss")]]
+    print(df[cols].to_string(float_format=lambda v: f"{v:.4f}"))
+    return 0 if all(s == "finished" for s in res.states.values()) else 1
+
+
+def cmd_cosmos(args: argparse.Namespace) -> int:
+    """Train one preference-conditioned model (COSMOS) in the foreground."""
+    from engine.cosmos import learned_front, run_cosmos
+
+    cfg = config_from_args(args)
+    lake = _lake(args)
+    rid = run_cosmos(cfg, {"alpha": args.alpha, "lam": args.lam, "eval_rays": args.eval_rays}, lake)
+    code = _print_result(lake, rid)
+    if code == 0:
+        front = learned_front(rid, args.front, lake, split="val")
+        print("learned front (validation):")
+        print(front.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    return code
+
+
+def cmd_cosmos_front(args: argparse.Namespace) -> int:
+    """Evaluate a COSMOS run's learned front at given preferences."""
+    from engine.cosmos import learned_front
+
+    if args.pref:
+        prefs: object = [[float(x) for x in p.split(",")] for p in args.pref]
+    else:
+        prefs = args.n
+    front = learned_front(args.run_id, prefs, _lake(args), split=args.split)  # type: ignore[arg-type]
+    print(front.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    return 0
+
+
+def cmd_sweep_child(args: argparse.Namespace) -> int:
+    """Hidden: the detached trainer of a launched population sweep."""
+    from engine.sweeps import execute_sweep
+
+    states = execute_sweep(_lake(args), args.sweep_id)
+    return 0 if all(s == "finished" for s in states.values()) else 1
+
+
+def cmd_cosmos_child(args: argparse.Namespace) -> int:
+    """Hidden: the detached trainer of a launched COSMOS run."""
+    from engine.cosmos import execute_cosmos
+
+    execute_cosmos(_lake(args), args.run_id)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine", description="Seesaw: multi-task learning lab")
     parser.add_argument("--home", help="run lake folder (default: $SEESAW_HOME or data/runs)")
@@ -305,6 +383,34 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(kind, help=f"list {text} and their parameters")
         p.add_argument("-v", "--verbose", action="store_true", help="show parameters")
         p.set_defaults(func=cmd_list(kind))
+    p = sub.add_parser("sweep", help="task-weight sweep: K weight vectors x seeds (batched when possible)")
+    _add_config_flags(p)
+    p.add_argument("--k", type=int, default=16, help="number of weight vectors (about k for 3+ tasks)")
+    p.add_argument("--kind", choices=["grid", "random"], default="grid", help="simplex grid or Dirichlet")
+    p.add_argument("--weight-seed", type=int, default=0, help="seed of random weight vectors")
+    p.add_argument("--seeds", default="0", help="comma-separated run seeds: 0,1,2")
+    p.add_argument("--mode", choices=["auto", "population", "sequential"], default="auto")
+    p.add_argument("--queue", action="store_true", help="separate runs go to the worker's queue")
+    p.set_defaults(func=cmd_sweep)
+    p = sub.add_parser("cosmos", help="train one preference-conditioned model (COSMOS) in the foreground")
+    _add_config_flags(p)
+    p.add_argument("--alpha", type=float, default=1.0, help="Dirichlet concentration of preferences")
+    p.add_argument("--lam", type=float, default=1.0, help="cosine-penalty weight lambda")
+    p.add_argument("--eval-rays", type=int, default=5, help="preferences scored on validation")
+    p.add_argument("--front", type=int, default=5, help="preferences to print at the end")
+    p.set_defaults(func=cmd_cosmos)
+    p = sub.add_parser("cosmos-front", help="a COSMOS run's metrics at given preferences")
+    p.add_argument("run_id")
+    p.add_argument("--pref", action="append", help="one preference, e.g. 0.3,0.7 (repeatable)")
+    p.add_argument("--n", type=int, default=11, help="evenly spaced preferences when no --pref")
+    p.add_argument("--split", choices=["train", "val", "test"], default="val")
+    p.set_defaults(func=cmd_cosmos_front)
+    p = sub.add_parser("_sweep")
+    p.add_argument("sweep_id")
+    p.set_defaults(func=cmd_sweep_child)
+    p = sub.add_parser("_cosmos")
+    p.add_argument("run_id")
+    p.set_defaults(func=cmd_cosmos_child)
     p = sub.add_parser("_train")
     p.add_argument("run_id")
     p.set_defaults(func=cmd_train_child)

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +50,33 @@ TrainerArgv = Callable[[Path, str], list[str]]
 
 class WorkerAlreadyRunning(RuntimeError):
     """Another worker holds this lake's worker lock."""
+
+
+MAX_QUEUED_ENV = "SEESAW_MAX_QUEUED_PER_USER"
+DEFAULT_MAX_QUEUED_PER_USER = 20
+
+
+class QueueLimitError(RuntimeError):
+    """The submitting user already has as many queued runs as the per-user limit allows."""
+
+    def __init__(self, owner: str, queued: int, limit: int, adding: int = 1) -> None:
+        self.owner, self.queued, self.limit, self.adding = owner, queued, limit, adding
+        if adding > limit:
+            msg = (
+                f"{adding} runs at once is more than the limit of {limit} queued runs per user — "
+                "queue fewer at a time"
+            )
+        else:
+            more = f" and asked for {adding} more" if adding > 1 else ""
+            msg = (
+                f"you already have {queued} run{'s' if queued != 1 else ''} queued{more}; the limit is "
+                f"{limit} per user — wait for some to start, or cancel some"
+            )
+        super().__init__(msg)
+
+
+class NotOwnerError(PermissionError):
+    """A user asked to cancel a run that someone else submitted."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -173,20 +200,93 @@ def default_max_parallel() -> int:
 # --------------------------------------------------------------------------------------------
 
 
+def max_queued_per_user() -> int | None:
+    """The per-user limit on queued runs: $SEESAW_MAX_QUEUED_PER_USER (default 20; 0 = no limit)."""
+    raw = os.environ.get(MAX_QUEUED_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_QUEUED_PER_USER
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise ValueError(f"{MAX_QUEUED_ENV} must be a whole number (0 = no limit), got {raw!r}") from None
+    return limit if limit > 0 else None
+
+
+def _owner_of(config: RunConfig | dict[str, Any]) -> str:
+    owner = config.get("owner") if isinstance(config, dict) else getattr(config, "owner", "")
+    return str(owner or "")
+
+
+def queued_runs(lake: Lake, owner: str) -> list[str]:
+    """Ids of the runs of `owner` that wait in the queue (not yet started)."""
+    out = []
+    for rid in lake.run_ids():
+        try:
+            if lake.status(rid).get("state") == "queued" and (lake.config(rid).get("owner") or "") == owner:
+                out.append(rid)
+        except (RunNotFoundError, ValueError):
+            continue  # deleted under us
+    return out
+
+
+def check_queue_limit(lake: Lake, owner: str, adding: int = 1) -> None:
+    """Raise QueueLimitError if `owner` may not queue `adding` more runs now."""
+    limit = max_queued_per_user()
+    if limit is None:
+        return
+    queued = len(queued_runs(lake, owner))
+    if queued + adding > limit:
+        raise QueueLimitError(owner, queued, limit, adding)
+
+
+@contextlib.contextmanager
+def _submit_lock(lake: Lake) -> Iterator[None]:
+    """Serialise check-and-queue across processes (two submits must not both pass the limit)."""
+    fd = os.open(lake.root / ".submit.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def submit(config: RunConfig | dict[str, Any], lake: Lake | None = None) -> str:
-    """Queue a run; return its id. Validation is the config object's job (RunConfig)."""
+    """Queue a run; return its id. Validation is the config object's job (RunConfig).
+
+    Raises QueueLimitError when the run's owner already has the per-user limit of queued runs.
+    """
+    return submit_many([config], lake)[0]
+
+
+def submit_many(configs: Sequence[RunConfig | dict[str, Any]], lake: Lake | None = None) -> list[str]:
+    """Queue several runs at once, all or none: the per-user limit is checked for the whole batch
+    (per owner) before anything is queued."""
     lake = lake or Lake()
-    return lake.create_run(config, state="queued")
+    adding: dict[str, int] = {}
+    for c in configs:
+        adding[_owner_of(c)] = adding.get(_owner_of(c), 0) + 1
+    with _submit_lock(lake):
+        for owner, n in adding.items():
+            check_queue_limit(lake, owner, n)
+        return [lake.create_run(c, state="queued") for c in configs]
 
 
-def cancel(run_id: str, lake: Lake | None = None) -> str:
+def cancel(run_id: str, lake: Lake | None = None, by: str | None = None) -> str:
     """Cancel a run; return a message saying what happened.
 
     A queued run is cancelled at once (its claim is taken so no worker can start it); a running
     run gets a `cancel` file (the trainer stops at its next step; the worker sends SIGTERM after
     `CANCEL_GRACE` seconds if it does not); an ended run is left alone.
+
+    `by`: the user asking (the dashboard passes its user; the CLI, run by whoever owns the
+    server, passes none). A run with another owner raises NotOwnerError; runs without an owner
+    may be cancelled by anyone.
     """
     lake = lake or Lake()
+    if by is not None:
+        owner = str(lake.config(run_id).get("owner") or "")
+        if owner and owner != by:
+            raise NotOwnerError(f"run {run_id} belongs to {owner}; only they can cancel it")
     st = lake.status(run_id)
     state = st.get("state")
     if state in TERMINAL_STATES:

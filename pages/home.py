@@ -8,6 +8,7 @@ from dashboard import queries, state, widgets
 from dashboard.nav import require_entry
 from dashboard.presets import PRESETS, preset
 from engine.config import ConfigError
+from engine.jobs import QueueLimitError
 
 require_entry()
 
@@ -37,6 +38,8 @@ if launch_key:
         ids = queries.submit_many(chosen.configs)
     except ConfigError as e:
         st.error(f"This preset cannot run here: {e}")
+    except QueueLimitError as e:
+        st.error(str(e), icon=":material/hourglass_top:")
     else:
         state.set_list("runs", ids)
         st.switch_page(chosen.page, query_params=state.view_params(runs=ids))

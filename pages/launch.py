@@ -19,6 +19,7 @@ from dashboard.launch import (
 from dashboard.nav import require_entry
 from dashboard.params_form import field_specs, render_params
 from engine.config import ConfigError
+from engine.jobs import QueueLimitError
 
 require_entry()
 
@@ -224,7 +225,7 @@ with run_col:
     ):
         try:
             ids = queries.submit_many(configs)
-        except ConfigError as e:
+        except (ConfigError, QueueLimitError) as e:
             st.error(str(e))
         else:
             state.set_list("runs", ids)
@@ -272,7 +273,7 @@ with sweep_col:
         ):
             try:
                 ids = queries.submit_many(sweep)
-            except ConfigError as e:
+            except (ConfigError, QueueLimitError) as e:
                 st.error(str(e))
             else:
                 state.set_list("runs", ids)

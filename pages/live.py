@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import queries, widgets
+from dashboard import identity, queries, widgets
 from dashboard.figures.conflicts import (
     cosine_heatmap,
     cosine_matrix_info,
@@ -42,6 +42,7 @@ if not picked:
     st.stop()
 
 labels = queries.labels_for(runs, picked)
+owners = dict(zip(runs["run_id"], runs["owner"], strict=True))
 shown = runs[runs["run_id"].isin(picked)]
 any_live = bool(shown["status"].isin(queries.LIVE_STATES).any())
 c1, c2, c3 = st.columns([2, 1, 3])
@@ -61,8 +62,12 @@ def _progress_and_cancel(statuses: dict[str, dict]) -> None:
             a, b = st.columns([6, 1])
             with a:
                 widgets.progress_row(row)
+            why_not = identity.not_yours(owners.get(rid))
             if b.button(
-                "Cancel", key=f"cancel:{rid}", help="Stop this run (the trainer stops at its next step)"
+                "Cancel",
+                key=f"cancel:{rid}",
+                disabled=why_not is not None,
+                help=why_not or "Stop this run (the trainer stops at its next step)",
             ):
                 st.toast(queries.cancel(rid))
         elif s == "failed":

@@ -8,7 +8,7 @@ import hashlib
 import pandas as pd
 import streamlit as st
 
-from dashboard import queries, state, widgets
+from dashboard import identity, queries, state, widgets
 from dashboard.figures.curves import curves_figure, curves_info
 from dashboard.nav import require_entry
 
@@ -68,6 +68,7 @@ table = view[
         "arch",
         "balancer",
         "status",
+        "owner",
         "progress",
         "tasks",
         "seed",
@@ -117,7 +118,10 @@ c1.download_button(
 )
 
 with c2.popover(f"Delete {len(picked)} selected", disabled=not picked, icon=":material/delete:"):
-    st.write("Deleting removes the run folders for good. Running runs must be cancelled first.")
+    st.write(
+        "Deleting removes the run folders for good. Running runs must be cancelled first; "
+        "you can delete only the runs you queued."
+    )
     if st.button("Delete for good", type="primary", key="runs_delete"):
         deleted, refused = [], []
         for rid in picked:
@@ -132,6 +136,28 @@ with c2.popover(f"Delete {len(picked)} selected", disabled=not picked, icon=":ma
         if deleted:
             st.session_state["_runs_deleted"] = len(deleted)
             st.rerun()
+owner_of = dict(zip(runs["run_id"], runs["owner"], strict=True))
+status_of = dict(zip(runs["run_id"], runs["status"], strict=True))
+live_picked = [r for r in picked if status_of.get(r) in queries.LIVE_STATES]
+mine = [r for r in live_picked if identity.owns(owner_of.get(r))]
+others = sorted({str(owner_of.get(r)) for r in live_picked if r not in mine})
+if not live_picked:
+    why_not = "Tick queued or running runs in the table to cancel them."
+elif not mine:
+    why_not = f"Only their owners can cancel these runs ({', '.join(others)}); you are {identity.current()}."
+else:
+    why_not = f"Cancels your {len(mine)} queued/running run(s)" + (
+        f"; {len(live_picked) - len(mine)} of someone else's stay." if others else "."
+    )
+if c3.button(
+    f"Cancel {len(mine)} of mine" if live_picked else "Cancel selected",
+    disabled=not mine,
+    help=why_not,
+    icon=":material/stop_circle:",
+    key="runs_cancel",
+):
+    for rid in mine:
+        st.toast(queries.cancel(rid))
 n_deleted = st.session_state.pop("_runs_deleted", None)
 if n_deleted:
     st.toast(f"Deleted {n_deleted} run(s)")

@@ -9,6 +9,7 @@ import streamlit as st
 from dashboard import queries, state, widgets
 from dashboard.figures.transfer import delta_m_figure, transfer_figure, transfer_info
 from dashboard.nav import require_entry
+from engine.jobs import QueueLimitError
 
 require_entry()
 
@@ -51,7 +52,11 @@ baselines = queries.find_baselines(picked)
 missing = [r for r, b in baselines.items() if b is None]
 if missing:
     if auto or st.button(f"Run {len(missing)} missing baseline(s)", key="transfer_run_baselines"):
-        made = queries.ensure_baselines(missing)
+        try:
+            made = queries.ensure_baselines(missing)
+        except QueueLimitError as e:
+            st.warning(f"Could not queue the missing baselines: {e}")
+            made = {}
         n_new = sum(1 for _, created in made.values() if created)
         if n_new:
             st.toast(f"Queued {n_new} single-task baseline run(s)")

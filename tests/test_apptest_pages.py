@@ -221,7 +221,7 @@ def test_live_cancel_button_requests_cancel(seeded_lake: Path) -> None:
     lake = Lake(seeded_lake)
     runs = lake.runs()
     running = runs.loc[runs["status"] == "running", "run_id"].item()
-    at = _open(_app(), "live", runs=running)
+    at = _open(_app(), "live", runs=running, user="factory")  # the seeded runs' owner
     at.button(key=f"cancel:{running}").click().run()
     assert not at.exception
     assert (lake.run_dir(running) / "cancel").exists()
@@ -234,7 +234,7 @@ def test_runs_delete_selected(seeded_lake: Path) -> None:
     lake = Lake(seeded_lake)
     runs = lake.runs()
     victim = runs.loc[runs["status"] == "finished", "run_id"].iloc[0]
-    at = _open(_app(), "runs", runs=victim)
+    at = _open(_app(), "runs", runs=victim, user="factory")  # the seeded runs' owner
     at.button(key="runs_delete").click().run()
     assert not at.exception
     assert victim not in lake.run_ids()

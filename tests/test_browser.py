@@ -3,176 +3,43 @@
 It launches the quick synthetic preset from Home, watches the Live page's curves grow without a
 reload, opens Pareto and clicks a point (the run's details open), and saves a screenshot of every
 page under test-artifacts/ (git-ignored). Skipped, with the reason, when /usr/bin/chromium or
-Playwright is missing.
+Playwright is missing. The server, page and helpers live in browser_support.py.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import signal
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 pytestmark = pytest.mark.browser
-
-REPO = Path(__file__).resolve().parent.parent
-ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-PAGES = ["home", "launch", "live", "runs", "conflicts", "transfer", "pareto"]
 
 if not Path(CHROMIUM).exists():
     pytest.skip(
         f"{CHROMIUM} is missing: install Debian's chromium (make browser-deps) to run the real-browser tests",
         allow_module_level=True,
     )
-sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from browser_support import (  # noqa: E402
+    ARTIFACTS,
+    _assert_no_error,
+    _healthy,
+    _lake_states,
+    _shot,
+    _shot_between_reruns,
+    _wait_app_idle,
+    page,
+    server,
+)
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+FIXTURES = (page, server)  # module-scoped pytest fixtures from browser_support, found by name here
 
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
-            return r.status == 200 and r.read().strip() == b"ok"
-    except OSError:
-        return False
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """`streamlit run streamlit_app.py` on a free port over a fresh lake; the app starts the worker."""
-    home = tmp_path_factory.mktemp("browser-lake")
-    port = _free_port()
-    env = {**os.environ, "SEESAW_HOME": str(home), "PYTHONPATH": str(REPO)}
-    env.pop("SEESAW_NO_WORKER", None)
-    log = open(home.parent / "streamlit.log", "wb")  # noqa: SIM115 - closed in teardown
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            str(REPO / "streamlit_app.py"),
-            "--server.port",
-            str(port),
-            "--server.address",
-            "127.0.0.1",
-            "--server.headless",
-            "true",
-            "--server.fileWatcherType",
-            "none",
-            "--browser.gatherUsageStats",
-            "false",
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while not _healthy(url):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            log.close()
-            text = (home.parent / "streamlit.log").read_text(errors="replace")[-3000:]
-            proc.kill()
-            pytest.fail(f"streamlit did not become healthy:\n{text}")
-        time.sleep(0.3)
-    try:
-        yield {"url": url, "home": home, "proc": proc}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-        # The app started a detached worker for this lake: stop it (and its trainers) by its pid.
-        info = _read_json(home / "_worker" / "worker.json")
-        pid = info.get("pid")
-        if isinstance(pid, int) and pid > 0:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-            for _ in range(50):
-                if not Path(f"/proc/{pid}").exists():
-                    break
-                time.sleep(0.1)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-@pytest.fixture(scope="module")
-def page(server: dict[str, Any]) -> Iterator[Any]:
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        pg = browser.new_page(viewport={"width": 1400, "height": 1800})
-        pg.set_default_timeout(30_000)
-        yield pg
-        browser.close()
-
-
-def _wait_app_idle(pg: Any, timeout: float = 30.0) -> None:
-    """Wait until the app has rendered and is not running a script."""
-    pg.wait_for_selector('[data-testid="stApp"]', timeout=timeout * 1000)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        running = pg.locator('[data-testid="stStatusWidget"]').count()
-        if not running and pg.locator('[data-testid="stMain"] h1').count():
-            time.sleep(0.5)
-            if not pg.locator('[data-testid="stStatusWidget"]').count():
-                return
-        time.sleep(0.2)
-
-
-def _assert_no_error(pg: Any, name: str) -> None:
-    exc = pg.locator('[data-testid="stException"]')
-    assert exc.count() == 0, f"{name} shows an exception: {exc.first.inner_text()[:500]}"
-
-
-def _shot(pg: Any, name: str) -> Path:
-    ARTIFACTS.mkdir(exist_ok=True)
-    path = ARTIFACTS / f"{name}.png"
-    pg.screenshot(path=str(path), full_page=True)
-    return path
-
-
-def _shot_between_reruns(pg: Any, name: str, timeout: float = 3.0) -> Path:
-    """Screenshot a self-updating page when no rerun is in flight (elements are not stale)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and pg.locator('[data-testid="stStatusWidget"]').count():
-        time.sleep(0.05)
-    return _shot(pg, name)
+PAGES = ["home", "launch", "live", "runs", "conflicts", "transfer", "pareto"]
 
 
 def _curve_points(pg: Any) -> int:
@@ -187,15 +54,6 @@ def _curve_points(pg: Any) -> int:
         }"""
         )
     )
-
-
-def _lake_states(home: Path) -> dict[str, str]:
-    out = {}
-    for d in home.iterdir():
-        st = _read_json(d / "status.json")
-        if st:
-            out[d.name] = st.get("state", "?")
-    return out
 
 
 def test_preset_live_pareto_and_screenshots(server: dict[str, Any], page: Any) -> None:

@@ -24,6 +24,9 @@ from engine.models.shared_bottom import (
     make_towers,
 )
 
+#: prefix of the balancer-statistics names under which MMoE records its gate weights
+GATE_STAT_PREFIX = "gate:"
+
 
 class ExpertBank(nn.Module):
     """`n` MLP experts of the same shape reading one input; forward: (B, in) -> (B, n, D)."""
@@ -93,6 +96,15 @@ class MMoE(MTLModel):
         x = self.encoder(batch)
         return {
             t.name: torch.softmax(gate(x), dim=-1) for t, gate in zip(self.tasks, self.gates, strict=True)
+        }
+
+    def internals(self) -> dict[str, float]:
+        """Mean gate weight of every (task, expert) over the last batch, named
+        `gate:<task>:<expert index>` (which experts each task uses, over training)."""
+        return {
+            f"{GATE_STAT_PREFIX}{t}:{e}": float(v)
+            for t, g in self.last_gates.items()
+            for e, v in enumerate(g.float().mean(0).tolist())
         }
 
     def gate_experts(self) -> dict[str, list[str]]:
