@@ -61,12 +61,15 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
 
 
 @contextlib.contextmanager
-def serve(home: Path) -> Iterator[dict[str, Any]]:
+def serve(home: Path, worker: bool = True) -> Iterator[dict[str, Any]]:
     """`streamlit run streamlit_app.py` on a free port over the lake `home`; on exit the server
-    and the lake's worker (the app's, or one started beforehand) are stopped."""
+    and the lake's worker (the app's, or one started beforehand) are stopped. `worker=False`
+    serves read-only pages with no worker (SEESAW_NO_WORKER=1)."""
     port = _free_port()
     env = {**os.environ, "SEESAW_HOME": str(home), "PYTHONPATH": str(REPO)}
     env.pop("SEESAW_NO_WORKER", None)
+    if not worker:
+        env["SEESAW_NO_WORKER"] = "1"
     log = open(home.parent / "streamlit.log", "wb")  # noqa: SIM115 - closed in teardown
     proc = subprocess.Popen(
         [

@@ -11,14 +11,10 @@ Screenshots go to test-artifacts/ (git-ignored).
 from __future__ import annotations
 
 import io
-import os
 import re
 import shutil
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,6 +46,7 @@ if not Path(CHROMIUM).exists():
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from browser_support import serve  # noqa: E402
 from lake_factory import make_lake  # noqa: E402
 
 from dashboard.report import PNG_SCALE, PNG_WIDTH, Report, build_report  # noqa: E402
@@ -164,67 +161,12 @@ def test_exported_html_renders_every_figure_offline(report: Report, browser: Any
 # ---- the Report page in a real browser ------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def server(lake_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     home = tmp_path_factory.mktemp("report-server") / "lake"
     shutil.copytree(lake_root, home)
-    port = _free_port()
-    env = {**os.environ, "SEESAW_HOME": str(home), "SEESAW_NO_WORKER": "1", "PYTHONPATH": str(REPO)}
-    log_path = home.parent / "streamlit.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "streamlit",
-                "run",
-                str(REPO / "streamlit_app.py"),
-                "--server.port",
-                str(port),
-                "--server.address",
-                "127.0.0.1",
-                "--server.headless",
-                "true",
-                "--server.fileWatcherType",
-                "none",
-                "--browser.gatherUsageStats",
-                "false",
-            ],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while not _healthy(url):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("streamlit did not start:\n" + log_path.read_text(errors="replace")[-3000:])
-            time.sleep(0.3)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with serve(home, worker=False) as s:
+        yield s["url"]
 
 
 def _wait_idle(pg: Any, timeout: float = 60.0) -> None:
