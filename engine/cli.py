@@ -424,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     if "--home" in argv[1:]:
         i = argv.index("--home")
         if i > 0 and i + 1 < len(argv):
-            argv = ["--home", argv[i + 1], *argv[:i], *argv[i + 2:]]
+            argv = ["--home", argv[i + 1], *argv[:i], *argv[i + 2 :]]
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

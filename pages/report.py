@@ -150,6 +150,7 @@ d1.download_button(
     mime="text/html",
     icon=":material/download:",
     key="report_dl_html",
+    on_click="ignore",  # a download needs no rerun, and a rerun can swallow the next click
     type="primary",
     help="One self-contained file: interactive figures, opens without a network.",
 )
@@ -160,6 +161,7 @@ d2.download_button(
     mime="text/csv",
     icon=":material/table:",
     key="report_dl_csv",
+    on_click="ignore",  # a download needs no rerun, and a rerun can swallow the next click
 )
 d3.download_button(
     f"Zip: HTML, CSV, {len(report.figures)} PNGs",
@@ -168,6 +170,7 @@ d3.download_button(
     mime="application/zip",
     icon=":material/image:",
     key="report_dl_png",
+    on_click="ignore",  # a download needs no rerun, and a rerun can swallow the next click
     disabled=no_png is not None,
     help=no_png
     or "The figures as PNGs (rendered by headless Chromium: a few seconds), the HTML "

@@ -115,6 +115,7 @@ c1.download_button(
     mime="text/csv",
     icon=":material/download:",
     key="runs_csv",
+    on_click="ignore",  # a download needs no rerun, and a rerun can swallow the next click
 )
 
 with c2.popover(f"Delete {len(picked)} selected", disabled=not picked, icon=":material/delete:"):

@@ -25,9 +25,7 @@ from engine.models.base import MTLModel
 
 DIAGRAM_KINDS = {"input", "shared", "expert", "gate", "task", "output"}
 
-FEATURES = FeatureSpec(
-    dense_names=("d0", "d1", "d2", "d3"), cat_names=("c0", "c1"), cat_cardinalities=(5, 7)
-)
+FEATURES = FeatureSpec(dense_names=("d0", "d1", "d2", "d3"), cat_names=("c0", "c1"), cat_cardinalities=(5, 7))
 TASKS = [
     TaskSpec("click", "binary"),
     TaskSpec("amount", "regression"),
@@ -50,9 +48,7 @@ class HasTrainTest(Protocol):
     test: Split
 
 
-def make_data(
-    n_train: int = 1024, n_test: int = 1024, seed: int = 0, dense_only: bool = False
-) -> SynthData:
+def make_data(n_train: int = 1024, n_test: int = 1024, seed: int = 0, dense_only: bool = False) -> SynthData:
     """Seeded synthetic rows; targets depend on dense and categorical columns, tasks overlap."""
     g = torch.Generator().manual_seed(seed)
     n = n_train + n_test

@@ -200,6 +200,7 @@ def test_report_page_screenshot_and_its_downloads(server: str, browser: Any, tmp
             pg.get_by_role("button", name="HTML report").click()
         saved = tmp_path / "downloaded.html"
         dl.value.save_as(str(saved))
+        _wait_idle(pg)
         # the zip: its PNGs are rendered by kaleido inside the server when the button is clicked
         with pg.expect_download(timeout=120_000) as dl_zip:
             pg.get_by_role("button", name=re.compile(r"^Zip: HTML, CSV")).click()

@@ -128,9 +128,7 @@ class LossWeighting(Balancer):
 class GradientAggregation(Balancer):
     kind = "gradient"
 
-    def aggregate(
-        self, J: torch.Tensor, ctx: StepContext
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def aggregate(self, J: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
         """(direction (P,), effective task weights (T,)). Default: Gramian weighting."""
         w = self.gramian_weights(J @ J.T)
         return w @ J, w

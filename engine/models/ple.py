@@ -112,8 +112,13 @@ class PLE(MTLModel):
         d = self.encoder.out_dim
         for j in range(params.n_levels):
             level = CGCLevel(
-                d, len(self.tasks), params.n_task_experts, params.n_shared_experts,
-                params.expert_hidden, params.dropout, shared_gate=j < params.n_levels - 1,
+                d,
+                len(self.tasks),
+                params.n_task_experts,
+                params.n_shared_experts,
+                params.expert_hidden,
+                params.dropout,
+                shared_gate=j < params.n_levels - 1,
             )
             levels.append(level)
             d = level.out_dim

@@ -86,7 +86,9 @@ class SharedBottom(MTLModel):
         ]
         edges: list[tuple[str, str]] = [("in", "embedding"), ("embedding", "bottom")]
         for t in self.task_names:
-            nodes += [(f"tower_{t}", f"tower {t} ({hidden_label(p.tower_hidden)})", "task"),
-                      (f"out_{t}", t, "output")]
+            nodes += [
+                (f"tower_{t}", f"tower {t} ({hidden_label(p.tower_hidden)})", "task"),
+                (f"out_{t}", t, "output"),
+            ]
             edges += [("bottom", f"tower_{t}"), (f"tower_{t}", f"out_{t}")]
         return {"nodes": nodes, "edges": edges}
