@@ -82,38 +82,6 @@ def jacobian(
     return _flat(grads, params, T)
 
 
-def jacobian_and_task_grads(
-    losses: torch.Tensor,
-    shared: list[nn.Parameter],
-    task_params: list[nn.Parameter],
-    retain_graph: bool = False,
-) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
-    """The Jacobian w.r.t. `shared` and, from the same backward pass, the gradient of
-    sum_t losses[t] w.r.t. `task_params` (what a gradient balancer writes into the task-specific
-    parameters). On the trunk route the heads are traversed once for both; otherwise one batched
-    backward over shared + task parameters gives both (the task gradients are its row sums,
-    exact because each task-specific parameter is reached by one task's loss only)."""
-    T = losses.shape[0]
-    if not shared:
-        g = torch.autograd.grad(losses.sum(), task_params, retain_graph=retain_graph, allow_unused=True)
-        return torch.zeros((T, 0), device=losses.device, dtype=losses.dtype), list(g)
-    out: list[torch.Tensor | None] = []
-    J = _trunk_jacobian(losses, shared, retain_graph, task_params, out)
-    if J is not None:
-        return J, out
-    eye = torch.eye(T, device=losses.device, dtype=losses.dtype)
-    grads = torch.autograd.grad(
-        losses,
-        [*shared, *task_params],
-        grad_outputs=eye,
-        is_grads_batched=True,
-        retain_graph=retain_graph,
-        allow_unused=True,
-    )
-    J = _flat(grads[: len(shared)], shared, T)
-    return J, [None if g is None else g.sum(0) for g in grads[len(shared) :]]
-
-
 def _zeros(spec: tuple[torch.Size, torch.dtype, torch.device]) -> torch.Tensor:
     shape, dtype, device = spec
     return torch.zeros(shape, dtype=dtype, device=device)
@@ -142,6 +110,7 @@ class TrunkSplit:
     boundary: list[tuple[Any, int, list[tuple[int, int]]]]  # (head node, task, [(input idx, edge idx)])
     head_params: dict[int, tuple[int, int]]  # params index -> (task, stage-1 input index)
     trunk_params: list[int]  # params indices reached through the trunk
+    nested: bool = False  # some trunk output lies below another (the head pass runs trunk nodes)
 
 
 def trunk_split(losses: torch.Tensor, params: list[nn.Parameter]) -> TrunkSplit | None:
@@ -193,16 +162,38 @@ def trunk_split(losses: torch.Tensor, params: list[nn.Parameter]) -> TrunkSplit 
             t = next(t for t, r in enumerate(reach) if node in r)
             head_params[i] = (t, n_head)
             n_head += 1
-    return TrunkSplit(roots, list(edge_index), boundary, head_params, trunk_params)
+    return TrunkSplit(
+        roots, list(edge_index), boundary, head_params, trunk_params, _nested({n for n, _ in edge_index})
+    )
+
+
+def _nested(edge_nodes: set[Any]) -> bool:
+    """Whether a trunk output node lies below another one (PLE's levels, for instance): the head
+    pass then has to run the trunk nodes between them, so it must keep their saved tensors."""
+    if len(edge_nodes) < 2:
+        return False
+    seen: set[Any] = set()
+    stack = [nf for n in edge_nodes for nf, _ in n.next_functions if nf is not None]
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        if n in edge_nodes:
+            return True
+        seen.add(n)
+        stack.extend(nf for nf, _ in n.next_functions if nf is not None)
+    return False
 
 
 def _head_pass(
-    losses: torch.Tensor, split: TrunkSplit, inputs: list[nn.Parameter]
+    losses: torch.Tensor, split: TrunkSplit, inputs: list[nn.Parameter], retain_heads: bool = True
 ) -> tuple[list[list[torch.Tensor | None]], tuple[torch.Tensor | None, ...]]:
     """Stage 1: one backward pass through the heads only (it stops at the trunk's outputs).
 
     Returns each task's gradient at each trunk output (caught by hooks on the head nodes that
-    feed the trunk) and the gradients of sum(losses) w.r.t. `inputs` (parameters in the heads)."""
+    feed the trunk) and the gradients of sum(losses) w.r.t. `inputs` (parameters in the heads).
+    With `retain_heads=False` the heads' saved tensors are freed as the pass goes (the trunk's
+    are kept: the pass never runs a trunk node), which lowers the step's peak memory."""
     T = losses.shape[0]
     E = len(split.edges)
     caught: list[list[torch.Tensor | None]] = [[None] * E for _ in range(T)]
@@ -224,7 +215,7 @@ def _head_pass(
             roots,
             [GradientEdge(n, nr) for n, nr in split.edges] + inputs,
             grad_outputs=[torch.ones((), dtype=losses.dtype, device=losses.device)] * len(roots),
-            retain_graph=True,
+            retain_graph=retain_heads,
             allow_unused=True,
         )
     finally:
@@ -261,22 +252,16 @@ def representation_gramian(losses: torch.Tensor, params: list[nn.Parameter]) -> 
 
 
 def _trunk_jacobian(
-    losses: torch.Tensor,
-    params: list[nn.Parameter],
-    retain_graph: bool,
-    extra: list[nn.Parameter] | None = None,
-    out_extra: list[torch.Tensor | None] | None = None,
+    losses: torch.Tensor, params: list[nn.Parameter], retain_graph: bool
 ) -> torch.Tensor | None:
-    """The trunk route; with `extra`, also the gradients of sum(losses) w.r.t. those parameters
-    (task-specific ones), taken in the same head pass and appended to `out_extra`."""
+    """The trunk route (see the module docstring)."""
     split = trunk_split(losses, params)
     if split is None:
         return None
-    extra = list(extra or [])
     T = losses.shape[0]
     E = len(split.edges)
     head_inputs = [params[i] for i in split.head_params]
-    caught, stage1 = _head_pass(losses, split, head_inputs + extra)
+    caught, stage1 = _head_pass(losses, split, head_inputs, retain_heads=retain_graph or split.nested)
     # J is filled in place, row by row or block by block (no per-task copies, no final concatenation)
     offsets = [0]
     for p in params:
@@ -328,8 +313,6 @@ def _trunk_jacobian(
                 for i, g in zip(split.trunk_params, got, strict=True):
                     if g is not None:
                         J[t, offsets[i] : offsets[i + 1]] = g.reshape(-1)
-    if out_extra is not None:
-        out_extra.extend(stage1[len(head_inputs) :])
     for i, (t, k) in split.head_params.items():
         g = stage1[k]
         if g is not None:

@@ -258,8 +258,7 @@ def train(
             for b in range(steps_per_epoch):
                 idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
                 feats, targets, masks = _batch(train_split, idx)
-                outputs = model(feats)
-                loss_dict = model.task_losses(outputs, targets, masks)
+                loss_dict = model.training_losses(feats, targets, masks)
                 losses = torch.stack([loss_dict[t] for t in task_names])
                 if not torch.isfinite(losses).all():
                     bad = [t for t, v in zip(task_names, losses.tolist(), strict=True) if not np.isfinite(v)]

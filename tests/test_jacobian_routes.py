@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import engine.gradients as G
-from engine.gradients import jacobian, jacobian_and_task_grads, trunk_split
+from engine.gradients import jacobian, trunk_split
 
 
 class _Toy(nn.Module):
@@ -87,22 +87,6 @@ def test_losses_that_are_not_stacked_fall_back_to_the_batched_route() -> None:
     torch.testing.assert_close(jacobian(losses, model.shared()), _reference(model, x), rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match="trunk"):
         jacobian(losses, model.shared(), method="trunk")
-
-
-def test_task_gradients_come_out_of_the_same_pass() -> None:
-    model = _Toy()
-    x = torch.randn(8, 6)
-    J, task_grads = jacobian_and_task_grads(model.losses(x), model.shared(), model.task_params())
-    torch.testing.assert_close(J, _reference(model, x), rtol=1e-5, atol=1e-7)
-    expected = torch.autograd.grad(model.losses(x).sum(), model.task_params())
-    for a, b in zip(task_grads, expected, strict=True):
-        assert a is not None
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
-    # the fallback route gives the same
-    J2, tg2 = jacobian_and_task_grads(model.losses(x) * 1.0, model.shared(), model.task_params())
-    torch.testing.assert_close(J2, J, rtol=1e-5, atol=1e-7)
-    for a, b in zip(tg2, expected, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
 def test_representation_gramian_is_the_gramian_of_the_head_gradients() -> None:

@@ -1,9 +1,10 @@
 """The balancer contract: one interface for loss weighting and gradient aggregation.
 
 Each training step the trainer builds a `StepContext` (task losses with their graph, the model's
-shared and task-specific parameters, a lazily computed Jacobian) and calls
-`balancer.backward(ctx)`. The balancer must leave `.grad` set on every parameter it trains
-and return its *effective task weights* (T,) for the step, which are logged and shown.
+shared and task-specific parameters, a lazily computed Jacobian that also carries the
+task-specific gradients) and calls `balancer.backward(ctx)`. The balancer must leave `.grad`
+set on every parameter it trains and return its *effective task weights* (T,) for the step,
+which are logged and shown.
 
 Two base classes cover the two families:
 - `LossWeighting`: implement `weights(losses, ctx) -> (T,)`; the step is
@@ -49,17 +50,34 @@ class StepContext:
     epoch: int
     model: nn.Module | None = None
     _jacobian: torch.Tensor | None = field(default=None, repr=False)
+    _task_jacobian: torch.Tensor | None = field(default=None, repr=False)
 
     def jacobian(self) -> torch.Tensor:
-        """T x P Jacobian of the task losses w.r.t. the shared parameters (computed once,
-        graph retained so the task-specific backward can follow)."""
+        """T x P Jacobian of the task losses w.r.t. the shared parameters (computed once).
+
+        The same backward pass also gives each task's gradient w.r.t. the task-specific
+        parameters (`write_task_grads` uses it), so after this call the step needs no further
+        backward pass and the autograd graph is freed as the pass goes (lower peak memory)."""
         if self._jacobian is None:
-            self._jacobian = jacobian(self.losses, self.shared_params, retain_graph=True)
+            n_shared = sum(p.numel() for p in self.shared_params)
+            full = jacobian(self.losses, [*self.shared_params, *self.task_params], retain_graph=False)
+            self._jacobian = full[:, :n_shared].contiguous()
+            self._task_jacobian = full[:, n_shared:]
         return self._jacobian
 
     @property
     def has_jacobian(self) -> bool:
         return self._jacobian is not None
+
+    def write_task_grads(self, w: torch.Tensor) -> None:
+        """Set `.grad` of the task-specific parameters to the gradient of sum_t w_t L_t: from the
+        Jacobian's pass when it was computed (exact: `w @ J_task`), else by a backward pass."""
+        if not self.task_params:
+            return
+        if self._task_jacobian is not None:
+            write_flat_grad(self.task_params, w.to(self._task_jacobian.dtype) @ self._task_jacobian)
+        else:
+            (w.to(self.losses.dtype) * self.losses).sum().backward(inputs=self.task_params)
 
 
 class Balancer:
@@ -112,13 +130,23 @@ class LossWeighting(Balancer):
         raise NotImplementedError
 
     def extra_loss(self, losses: torch.Tensor, ctx: StepContext) -> torch.Tensor | None:
-        """Added to the weighted loss (the learnable-state term of UW, for instance)."""
+        """Added to the weighted loss (the learnable-state term of UW, for instance). It must
+        read the losses detached: it trains the balancer's own parameters, not the model's."""
         return None
 
     def backward(self, ctx: StepContext) -> torch.Tensor:
         w = self.weights(ctx.losses.detach(), ctx).detach()
-        total = (w * ctx.losses).sum()
         extra = self.extra_loss(ctx.losses, ctx)
+        if ctx.has_jacobian:
+            # a statistics step already paid for the Jacobian: the weighted gradient is w @ J
+            # (exact), no second backward pass through the model
+            J = ctx.jacobian()
+            write_flat_grad(ctx.shared_params, w.to(J.dtype) @ J)
+            ctx.write_task_grads(w)
+            if extra is not None:
+                extra.backward()
+            return w
+        total = (w * ctx.losses).sum()
         if extra is not None:
             total = total + extra
         total.backward()
@@ -139,8 +167,7 @@ class GradientAggregation(Balancer):
     def backward(self, ctx: StepContext) -> torch.Tensor:
         J = ctx.jacobian()
         direction, w = self.aggregate(J, ctx)
-        if ctx.task_params:
-            ctx.losses.sum().backward(inputs=ctx.task_params)
+        ctx.write_task_grads(torch.ones_like(ctx.losses.detach()))
         write_flat_grad(ctx.shared_params, direction)
         return w.detach()
 

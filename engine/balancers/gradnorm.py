@@ -32,7 +32,8 @@ class GradNorm(LossWeighting):
     task's relative training rate (tasks that learn slower get larger gradients).
 
     Loss weighting that needs the Jacobian: it calls `ctx.jacobian()` and does the final
-    backward itself (shared gradient w @ J, task parameters by backward of sum_t w_t L_t).
+    backward itself (shared gradient w @ J, task parameters the gradient of sum_t w_t L_t from
+    the same pass).
     """
 
     name = "gradnorm"
@@ -88,6 +89,5 @@ class GradNorm(LossWeighting):
         norms = J.detach().double().norm(dim=1)
         w = self.update_weights(ctx.losses.to(norms.device), norms).to(device=J.device, dtype=J.dtype)
         write_flat_grad(ctx.shared_params, w @ J)
-        if ctx.task_params:
-            (w.to(ctx.losses.dtype) * ctx.losses).sum().backward(inputs=ctx.task_params)
+        ctx.write_task_grads(w)
         return w.detach()

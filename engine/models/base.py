@@ -114,6 +114,17 @@ class MTLModel(nn.Module):
 
     # Hooks a model may override (cascaded models compute their own losses) -----------------
 
+    def training_losses(
+        self,
+        feats: dict[str, torch.Tensor],
+        targets: dict[str, torch.Tensor],
+        masks: dict[str, torch.Tensor],
+    ) -> dict[str, torch.Tensor]:
+        """The per-task losses one training step minimises (the trainer calls this, evaluation
+        calls `forward` + `task_losses`). Default: forward the batch, then `task_losses`. A model
+        with its own training procedure (MetaHeac's episodic meta-training) overrides it."""
+        return self.task_losses(self(feats), targets, masks)
+
     def task_losses(
         self,
         outputs: dict[str, torch.Tensor],
