@@ -41,6 +41,13 @@ def balancers() -> list[Entry]:
     return [Entry(n, b.description, b.Params, getattr(b, "kind", "")) for n, b in BALANCERS.items()]
 
 
+def representation_balancers() -> list[str]:
+    """Balancers that can weigh tasks by the representation Gramian (MGDA-UB style)."""
+    from engine.balancers import representation_balancers as names
+
+    return names()
+
+
 def dataset_tasks(name: str, params: dict[str, Any]) -> tuple[list[Any], str | None]:
     """(TaskSpec list, error text) for a dataset and its params, without loading the data."""
     from engine.datasets import DATASETS

@@ -31,6 +31,12 @@ class RunConfig(BaseModel):
     arch_params: dict[str, Any] = Field(default_factory=dict)
     balancer: str = Field("ew", description="balancer name")
     balancer_params: dict[str, Any] = Field(default_factory=dict)
+    gradients: Literal["exact", "representation"] = Field(
+        "exact",
+        description="how a Gramian-based gradient balancer weighs the tasks: 'exact' (task gradients "
+        "w.r.t. the shared parameters) or 'representation' (MGDA-UB: the Gramian of the task gradients "
+        "at the shared representation; about the cost of an EW step, approximate weights)",
+    )
 
     epochs: int = Field(3, ge=1, le=1000)
     batch_size: int = Field(256, ge=1, le=1_000_000)
@@ -102,6 +108,13 @@ def resolve(cfg: RunConfig) -> dict[str, Any]:
         raise ValueError(
             f"arch {cfg.arch!r} shares no parameters, so the gradient balancer {cfg.balancer!r} has nothing "
             "to aggregate; use a loss-weighting balancer such as 'ew'"
+        )
+    if cfg.gradients == "representation" and not getattr(bal_cls, "gramian_based", lambda: False)():
+        from engine.balancers import representation_balancers
+
+        raise ValueError(
+            f"gradients 'representation' needs a balancer whose task weights come from the Gramian; "
+            f"{cfg.balancer!r} is not one. Choose one of {representation_balancers()} or gradients 'exact'"
         )
     available = [t.name for t in ds.tasks(dparams)]
     tasks = cfg.tasks or available

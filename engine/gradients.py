@@ -48,18 +48,21 @@ def jacobian(
     params: list[nn.Parameter],
     retain_graph: bool = True,
     method: Method | None = None,
+    representation_gramian_out: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """(T, P) matrix whose row t is d losses[t] / d params, flattened in `params` order.
 
     Parameters a task does not depend on get zeros in its row. `method` picks the route (see the
-    module docstring); every route gives the same matrix up to float rounding.
+    module docstring); every route gives the same matrix up to float rounding. With
+    `representation_gramian_out`, the trunk route also appends the representation Gramian
+    (`representation_gramian`) taken from its head pass (nothing is appended on other routes).
     """
     T = losses.shape[0]
     if not params:  # nothing shared: an empty Jacobian, not an error
         return torch.zeros((T, 0), device=losses.device, dtype=losses.dtype)
     method = method or DEFAULT_METHOD
     if method in ("auto", "trunk"):
-        J = _trunk_jacobian(losses, params, retain_graph)
+        J = _trunk_jacobian(losses, params, retain_graph, representation_gramian_out)
         if J is not None:
             return J
         if method == "trunk":
@@ -185,7 +188,7 @@ def _nested(edge_nodes: set[Any]) -> bool:
     return False
 
 
-def _head_pass(
+def head_pass(
     losses: torch.Tensor, split: TrunkSplit, inputs: list[nn.Parameter], retain_heads: bool = True
 ) -> tuple[list[list[torch.Tensor | None]], tuple[torch.Tensor | None, ...]]:
     """Stage 1: one backward pass through the heads only (it stops at the trunk's outputs).
@@ -236,23 +239,30 @@ def representation_gramian(losses: torch.Tensor, params: list[nn.Parameter]) -> 
     split = trunk_split(losses, params)
     if split is None:
         return None
-    T = losses.shape[0]
-    caught, _ = _head_pass(losses, split, [])
-    G = torch.zeros((T, T), dtype=torch.float64, device=losses.device)
-    for e in range(len(split.edges)):
+    caught, _ = head_pass(losses, split, [])
+    return caught_gramian(caught, losses.shape[0], len(split.edges), losses.device)
+
+
+def caught_gramian(
+    caught: list[list[torch.Tensor | None]], T: int, E: int, device: torch.device
+) -> torch.Tensor:
+    """float64 T x T Gramian of the tasks' gradients at the E trunk outputs (`head_pass`)."""
+    G = torch.zeros((T, T), dtype=torch.float64, device=device)
+    for e in range(E):
         rows = [None if (g := caught[t][e]) is None else g.reshape(-1) for t in range(T)]
         for i in range(T):
             for j in range(i, T):
                 a, b = rows[i], rows[j]
                 if a is not None and b is not None:  # dot products: no stacked or float64 copies
                     G[i, j] += torch.dot(a, b).double()
-        for t in range(T):
-            caught[t][e] = None
     return G + torch.triu(G, diagonal=1).T
 
 
 def _trunk_jacobian(
-    losses: torch.Tensor, params: list[nn.Parameter], retain_graph: bool
+    losses: torch.Tensor,
+    params: list[nn.Parameter],
+    retain_graph: bool,
+    representation_gramian_out: list[torch.Tensor] | None = None,
 ) -> torch.Tensor | None:
     """The trunk route (see the module docstring)."""
     split = trunk_split(losses, params)
@@ -261,7 +271,9 @@ def _trunk_jacobian(
     T = losses.shape[0]
     E = len(split.edges)
     head_inputs = [params[i] for i in split.head_params]
-    caught, stage1 = _head_pass(losses, split, head_inputs, retain_heads=retain_graph or split.nested)
+    caught, stage1 = head_pass(losses, split, head_inputs, retain_heads=retain_graph or split.nested)
+    if representation_gramian_out is not None:
+        representation_gramian_out.append(caught_gramian(caught, T, E, losses.device))
     # J is filled in place, row by row or block by block (no per-task copies, no final concatenation)
     offsets = [0]
     for p in params:

@@ -62,6 +62,7 @@ class NullWriter:
         self.metric_rows: list[dict[str, Any]] = []
         self.weight_rows: list[tuple[int, dict[str, float]]] = []
         self.grad_rows: list[tuple[int, list[Any]]] = []
+        self.events: list[tuple[str, str]] = []
 
     def log_metrics(self, rows: list[dict[str, Any]]) -> None:
         self.metric_rows += rows
@@ -76,7 +77,7 @@ class NullWriter:
         pass
 
     def log_event(self, level: str, text: str) -> None:
-        pass
+        self.events.append((level, text))
 
     def set_progress(self, step: int, total_steps: int, epoch: int, epochs: int) -> None:
         pass
@@ -224,6 +225,8 @@ def train(
         f"{sum(p.numel() for p in model.parameters())} parameters ({sum(p.numel() for p in shared)} shared)",
     )
 
+    representation = cfg.gradients == "representation"
+    warned_representation = False
     n = len(train_split)
     steps_per_epoch = (n + cfg.batch_size - 1) // cfg.batch_size
     if cfg.max_steps_per_epoch:
@@ -269,11 +272,20 @@ def train(
                     )
                 for opt in optimizers:
                     opt.zero_grad(set_to_none=True)
-                ctx = StepContext(losses, task_names, shared, task_params, step, epoch, model)
+                ctx = StepContext(
+                    losses, task_names, shared, task_params, step, epoch, model, representation=representation
+                )
                 log_stats = bool(shared) and cfg.grad_stats_every > 0 and step % cfg.grad_stats_every == 0
                 if log_stats:
                     ctx.jacobian()
                 weights = balancer.backward(ctx)
+                if ctx.representation_unavailable and not warned_representation:
+                    warned_representation = True
+                    writer.log_event(
+                        "warning",
+                        f"gradients 'representation': {cfg.arch}'s graph has no shared representation "
+                        "that the task heads read (no trunk/head split), so the exact Jacobian is used",
+                    )
                 if log_stats:
                     writer.log_grad_stats(step, gradient_stats(ctx.jacobian(), task_names, blocks))
                 for opt in optimizers:

@@ -60,7 +60,14 @@ BALANCERS: dict[str, type[Balancer]] = {
     "pmtrec": PMTRec,
 }
 
-__all__ = ["BALANCERS", "Balancer", "BalancerParams", "StepContext", "build_balancer"]
+__all__ = [
+    "BALANCERS",
+    "Balancer",
+    "BalancerParams",
+    "StepContext",
+    "build_balancer",
+    "representation_balancers",
+]
 
 
 def build_balancer(
@@ -101,3 +108,9 @@ def build_balancer(
     if check is not None:
         check(validated, tasks)
     return cls(tasks, validated)
+
+
+def representation_balancers() -> list[str]:
+    """Balancers that can weigh the tasks by the representation Gramian (`gradients:
+    representation`, MGDA-UB style): the Gramian-based gradient aggregators."""
+    return [n for n, c in BALANCERS.items() if getattr(c, "gramian_based", lambda: False)()]

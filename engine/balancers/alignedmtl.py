@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from engine.balancers.base import BalancerParams, GradientAggregation, StepContext
+from engine.balancers.base import BalancerParams, GradientAggregation
 
 
 def balance_transformation(G: np.ndarray, scale_mode: str = "min") -> tuple[np.ndarray, int]:
@@ -83,8 +83,3 @@ class AlignedMTL(GradientAggregation):
             self.last_internals["sigma_min"] = float(np.sqrt(max(kept.min(), 0.0)))
             self.last_internals["condition"] = float(np.sqrt(kept.max() / kept.min()))
         return torch.as_tensor(w, device=G.device, dtype=G.dtype)
-
-    def aggregate(self, J: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
-        Jd = J.detach().double()
-        w = self.gramian_weights(Jd @ Jd.T).to(J.dtype)
-        return w @ J, w

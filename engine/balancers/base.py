@@ -13,7 +13,9 @@ Two base classes cover the two families:
   T x P Jacobian of the task losses w.r.t. the shared parameters; task-specific parameters get
   the plain gradient of the sum of task losses (each tower only depends on its own task).
   Where the method is a function of the Gramian G = J J^T alone, write it as
-  `gramian_weights(G) -> w` and let `direction = w @ J` (torchjd's style).
+  `gramian_weights(G) -> w` (or `weights_from_gramian(G, ctx)`) and keep the default `aggregate`
+  (`direction = w @ J`, torchjd's style): the method then also runs on the representation
+  Gramian when a run opts in (`gramian_based()`, engine.representation).
 
 Optimiser-level methods (AdaTask) also override `shared_optimizer`: their `backward` writes the
 final update direction of the shared parameters into `.grad`, and the trainer steps those
@@ -29,7 +31,8 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from engine.gradients import jacobian
+from engine.gradients import gramian, jacobian
+from engine.representation import representation_backward
 
 
 class BalancerParams(BaseModel):
@@ -49,8 +52,14 @@ class StepContext:
     step: int
     epoch: int
     model: nn.Module | None = None
+    #: the run's opt-in: Gramian-based balancers weigh the tasks by the Gramian of the task
+    #: gradients at the shared representation (MGDA-UB; engine.representation)
+    representation: bool = False
+    #: set by a balancer that was asked for the representation route and had to take the exact one
+    representation_unavailable: bool = False
     _jacobian: torch.Tensor | None = field(default=None, repr=False)
     _task_jacobian: torch.Tensor | None = field(default=None, repr=False)
+    _representation_gramian: torch.Tensor | None = field(default=None, repr=False)
 
     def jacobian(self) -> torch.Tensor:
         """T x P Jacobian of the task losses w.r.t. the shared parameters (computed once).
@@ -60,10 +69,22 @@ class StepContext:
         backward pass and the autograd graph is freed as the pass goes (lower peak memory)."""
         if self._jacobian is None:
             n_shared = sum(p.numel() for p in self.shared_params)
-            full = jacobian(self.losses, [*self.shared_params, *self.task_params], retain_graph=False)
+            rep: list[torch.Tensor] | None = [] if self.representation else None
+            full = jacobian(
+                self.losses,
+                [*self.shared_params, *self.task_params],
+                retain_graph=False,
+                representation_gramian_out=rep,
+            )
             self._jacobian = full[:, :n_shared].contiguous()
             self._task_jacobian = full[:, n_shared:]
+            self._representation_gramian = rep[0] if rep else None
         return self._jacobian
+
+    @property
+    def representation_gramian(self) -> torch.Tensor | None:
+        """The representation Gramian taken from the Jacobian's pass (representation runs only)."""
+        return self._representation_gramian
 
     @property
     def has_jacobian(self) -> bool:
@@ -157,17 +178,51 @@ class GradientAggregation(Balancer):
     kind = "gradient"
 
     def aggregate(self, J: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
-        """(direction (P,), effective task weights (T,)). Default: Gramian weighting."""
-        w = self.gramian_weights(J @ J.T)
+        """(direction (P,), effective task weights (T,)). Default: Gramian weighting,
+        w = weights_from_gramian(J J^T) and direction w @ J."""
+        w = self.weights_from_gramian(gramian(J), ctx).to(J.dtype)
         return w @ J, w
+
+    def weights_from_gramian(self, G: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        """Task weights from the float64 Gramian (and the step's context). Default: `gramian_weights`."""
+        return self.gramian_weights(G)
 
     def gramian_weights(self, G: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    @classmethod
+    def gramian_based(cls) -> bool:
+        """Whether the update is sum_t w_t grad L_t with w a function of the Gramian alone (the
+        default `aggregate`): such a method can run on the representation Gramian (MGDA-UB)."""
+        base = GradientAggregation
+        return cls.aggregate is base.aggregate and (
+            cls.gramian_weights is not base.gramian_weights
+            or cls.weights_from_gramian is not base.weights_from_gramian
+        )
+
     def backward(self, ctx: StepContext) -> torch.Tensor:
+        ones = torch.ones_like(ctx.losses.detach())
+        if ctx.representation and self.gramian_based():
+            if not ctx.has_jacobian:
+                w = representation_backward(
+                    ctx.losses,
+                    ctx.shared_params,
+                    ctx.task_params,
+                    lambda G: self.weights_from_gramian(G, ctx),
+                )
+                if w is not None:
+                    return w
+            J = ctx.jacobian()  # a statistics step: the representation Gramian came with J
+            G = ctx.representation_gramian
+            if G is not None:
+                w = self.weights_from_gramian(G, ctx).to(J.dtype)
+                ctx.write_task_grads(ones)
+                write_flat_grad(ctx.shared_params, w @ J)
+                return w.detach()
+            ctx.representation_unavailable = True
         J = ctx.jacobian()
         direction, w = self.aggregate(J, ctx)
-        ctx.write_task_grads(torch.ones_like(ctx.losses.detach()))
+        ctx.write_task_grads(ones)
         write_flat_grad(ctx.shared_params, direction)
         return w.detach()
 

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from engine.balancers.base import BalancerParams, GradientAggregation, StepContext
+from engine.balancers.base import BalancerParams, GradientAggregation
 
 ZERO_NORM_SQ = 1e-24  # relative to the largest ||g_t||^2: below this a gradient counts as zero
 
@@ -100,8 +100,3 @@ class GradCraft(GradientAggregation):
         self.last_internals = {"conflicts": float(conflicts)}
         self.last_internals.update({f"scale_{i}": float(v) for i, v in enumerate(s)})
         return torch.as_tensor(w, device=G.device, dtype=G.dtype)
-
-    def aggregate(self, J: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
-        Jd = J.detach().double()
-        w = self.gramian_weights(Jd @ Jd.T).to(J.dtype)
-        return w @ J, w

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from engine.balancers.base import BalancerParams, GradientAggregation, StepContext
+from engine.balancers.base import BalancerParams, GradientAggregation
 
 ZERO_NORM_SQ = 1e-24  # relative to the largest ||g_t||^2: below this a gradient counts as zero
 CANCELLED = 1e-12  # ||g_i'||^2 below this times (sum_k |C_ik| ||g_k||)^2 is cancellation noise
@@ -111,8 +111,3 @@ class GradVac(GradientAggregation):
             off = ~np.eye(T, dtype=bool)
             self.last_internals["mean_target"] = float(self.targets[off].mean())
         return torch.as_tensor(C.sum(axis=0), device=G.device, dtype=G.dtype)
-
-    def aggregate(self, J: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
-        Jd = J.detach().double()
-        w = self.gramian_weights(Jd @ Jd.T).to(J.dtype)
-        return w @ J, w

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from engine.balancers.base import GradientAggregation, StepContext
+from engine.balancers.base import GradientAggregation
 
 ZERO_NORM_SQ = 1e-24  # relative to the largest ||g_t||^2: below this a gradient counts as zero
 WELL_CONDITIONED = 1e-8  # smallest eigenvalue of the cosine matrix for the scaled solve
@@ -75,8 +75,3 @@ class IMTL(GradientAggregation):
         common = (Gd @ w)[nz] / norms[nz] if np.all(np.isfinite(w)) else np.zeros(0)
         self.last_internals = {"projection": float(common.mean()) if common.size else 0.0}
         return torch.as_tensor(w, device=G.device, dtype=G.dtype)
-
-    def aggregate(self, J: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
-        Jd = J.detach().double()
-        w = self.gramian_weights(Jd @ Jd.T).to(J.dtype)
-        return w @ J, w

@@ -22,7 +22,6 @@ from pydantic import Field
 
 from engine.balancers.base import BalancerParams, GradientAggregation, StepContext
 from engine.balancers.solvers import min_norm_simplex
-from engine.gradients import gramian
 
 Normaliser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -52,13 +51,11 @@ class MGDA(GradientAggregation):
         w = min_norm_simplex(G.detach().double().cpu().numpy())
         return torch.as_tensor(w, device=G.device, dtype=G.dtype)
 
-    def aggregate(self, J: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
-        G = gramian(J)
+    def weights_from_gramian(self, G: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         n = NORMALISERS[self.params.normalization](G, ctx.losses.detach().double().to(G.device))
         n = torch.where(torch.isfinite(n) & (n > 0), n, torch.ones_like(n))
         Gn = G / (n[:, None] * n[None, :])
         v = self.gramian_weights(Gn)
         w = v / n
         self.last_internals = {"min_norm_sq": float(v @ Gn @ v)}
-        w = w.to(J.dtype)
-        return w @ J, w
+        return w

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from engine.balancers.base import BalancerParams, GradientAggregation, StepContext
+from engine.balancers.base import BalancerParams, GradientAggregation
 
 ZERO_NORM_SQ = 1e-24  # relative to the largest ||g_t||^2: below this a gradient counts as zero
 RIDGE = 1e-10  # on the cosine matrix (unit diagonal)
@@ -160,8 +160,3 @@ class NashMTL(GradientAggregation):
         clipped = self.params.max_norm > 0 and norm > self.params.max_norm
         self.last_internals["update_norm"] = self.params.max_norm if clipped else norm
         return torch.as_tensor(w, device=G.device, dtype=G.dtype)
-
-    def aggregate(self, J: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
-        Jd = J.detach().double()
-        w = self.gramian_weights(Jd @ Jd.T).to(J.dtype)
-        return w @ J, w

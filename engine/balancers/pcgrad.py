@@ -17,8 +17,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from engine.balancers.base import BalancerParams, GradientAggregation, StepContext
-from engine.gradients import gramian
+from engine.balancers.base import BalancerParams, GradientAggregation
 
 ZERO_NORM_SQ = 1e-24  # relative to the largest ||g_t||^2: below this a gradient counts as zero
 
@@ -60,7 +59,3 @@ class PCGrad(GradientAggregation):
                     projections += 1
         self.last_internals = {"projections": float(projections)}
         return torch.as_tensor(C.sum(axis=0), device=G.device, dtype=G.dtype)
-
-    def aggregate(self, J: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
-        w = self.gramian_weights(gramian(J)).to(J.dtype)
-        return w @ J, w

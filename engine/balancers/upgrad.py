@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from engine.balancers.base import GradientAggregation, StepContext
+from engine.balancers.base import GradientAggregation
 from engine.balancers.solvers import dual_cone_projection
 
 ZERO_NORM_SQ = 1e-24  # relative to the largest ||g_t||^2: below this a gradient counts as zero
@@ -68,8 +68,3 @@ class UPGrad(GradientAggregation):
         T = Gd.shape[0]
         self.last_internals = {"projected_mass": float(w.sum() - 1.0) if T else 0.0}
         return torch.as_tensor(w, device=G.device, dtype=G.dtype)
-
-    def aggregate(self, J: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
-        Jd = J.detach().double()
-        w = self.gramian_weights(Jd @ Jd.T).to(J.dtype)
-        return w @ J, w
