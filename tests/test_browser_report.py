@@ -181,6 +181,22 @@ def _wait_idle(pg: Any, timeout: float = 60.0) -> None:
         time.sleep(0.2)
 
 
+def _download(pg: Any, button: Any, timeout_s: float, tries: int = 3) -> Any:
+    """Click a download button and return the download. A click that lands while the page is
+    rerunning can be dropped by Streamlit; after waiting for the page to be idle it is retried
+    (a user would click again), up to `tries` times."""
+    for attempt in range(tries):
+        _wait_idle(pg)
+        try:
+            with pg.expect_download(timeout=timeout_s * 1000 / tries) as dl:
+                button.click()
+            return dl.value
+        except sync_api.TimeoutError:
+            if attempt == tries - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def test_report_page_screenshot_and_its_downloads(server: str, browser: Any, tmp_path: Path) -> None:
     ctx = browser.new_context(viewport={"width": 1400, "height": 1600}, accept_downloads=True)
     try:
@@ -196,16 +212,12 @@ def test_report_page_screenshot_and_its_downloads(server: str, browser: Any, tmp
         assert pg.locator(".stPlotlyChart").count() >= 3
         body = pg.inner_text("body")
         assert "Trade-offs on the front" in body and "ada" in pg.url
-        with pg.expect_download(timeout=60_000) as dl:
-            pg.get_by_role("button", name="HTML report").click()
         saved = tmp_path / "downloaded.html"
-        dl.value.save_as(str(saved))
-        _wait_idle(pg)
+        _download(pg, pg.get_by_role("button", name="HTML report"), 90).save_as(str(saved))
         # the zip: its PNGs are rendered by kaleido inside the server when the button is clicked
-        with pg.expect_download(timeout=120_000) as dl_zip:
-            pg.get_by_role("button", name=re.compile(r"^Zip: HTML, CSV")).click()
         bundle = tmp_path / "bundle.zip"
-        dl_zip.value.save_as(str(bundle))
+        zip_button = pg.get_by_role("button", name=re.compile(r"^Zip: HTML, CSV"))
+        _download(pg, zip_button, 180).save_as(str(bundle))
     finally:
         ctx.close()
     with zipfile.ZipFile(bundle) as z:
