@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -389,12 +390,138 @@ def gate_weights(run_ids: Sequence[str]) -> pd.DataFrame:
     )
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
+@st.cache_data(show_spinner=False, max_entries=256)
 def cosmos_front(run_id: str, prefs: tuple[tuple[float, ...], ...], split: str = "test") -> pd.DataFrame:
-    """A finished COSMOS run's metrics at each preference (inference only; cached)."""
+    """A finished COSMOS run's metrics at each preference (inference only; cached per run,
+    preferences and split). The model and its data are loaded once per process and kept
+    (engine.cosmos.load_cosmos, reloaded only when the checkpoint changes)."""
     from engine.cosmos import learned_front
 
     return learned_front(run_id, list(map(list, prefs)), lake(), split=split)
+
+
+COSMOS_TAG = "cosmos"
+COSMOS_PARAMS_FILE = "cosmos.json"  # engine.cosmos.PARAMS_FILE (not imported: it pulls in torch)
+
+
+def cosmos_runs(runs_df: pd.DataFrame, dataset: str | None = None) -> pd.DataFrame:
+    """Finished COSMOS runs (preference-conditioned models) among `runs_df`, newest first,
+    optionally of one dataset; a `task_list` column holds each run's tasks. Reads no checkpoint
+    and imports no torch (the Pareto page calls it on every redraw)."""
+    if runs_df is None or runs_df.empty or "tags" not in runs_df:
+        return pd.DataFrame(columns=[*(runs_df.columns if runs_df is not None else []), "task_list"])
+    tagged = runs_df["tags"].fillna("").astype(str).str.split(",").apply(lambda tags: COSMOS_TAG in tags)
+    sel = runs_df[tagged & (runs_df["status"] == "finished")]
+    if dataset is not None:
+        sel = sel[sel["dataset"] == dataset]
+    root = lake_root()
+    has_params = [(root / str(r) / COSMOS_PARAMS_FILE).is_file() for r in sel["run_id"]]
+    sel = sel[np.asarray(has_params, dtype=bool)]
+    sel = sel.sort_values("run_id", ascending=False)
+    return sel.assign(task_list=[[t for t in str(x).split(",") if t] for x in sel["tasks"]])
+
+
+def cosmos_params(run_id: str) -> dict[str, Any]:
+    """The COSMOS parameters (alpha, lam, eval_rays) a COSMOS run was trained with ({} if none)."""
+    from engine.recorder import read_json_dict
+
+    try:
+        return read_json_dict(lake().run_dir(run_id) / COSMOS_PARAMS_FILE)
+    except (OSError, ValueError):
+        return {}
+
+
+def same_data(run_a: str, run_b: str) -> bool:
+    """Whether two runs train on the same data: one dataset, the same parameters once the
+    dataset's defaults are filled in (so a spelled-out default equals a left-out one)."""
+    a, b = config(run_a), config(run_b)
+    if not a or not b or a.get("dataset") != b.get("dataset"):
+        return False
+    pa, pb = dict(a.get("dataset_params") or {}), dict(b.get("dataset_params") or {})
+    if pa == pb:
+        return True
+    from engine.datasets import DATASETS
+
+    ds = DATASETS.get(str(a.get("dataset")))
+    if ds is None:
+        return False
+    try:
+        return bool(ds.Params(**pa).model_dump() == ds.Params(**pb).model_dump())
+    except ValueError:
+        return False
+
+
+# ---- Launch: population sweeps and COSMOS trainings, queued as jobs for the worker -----------------
+
+_NOT_TRAINED = ("name", "tags", "owner", "sweep_id")
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _batch_problem(configs_json: str) -> str | None:
+    from engine.config import load_config
+    from engine.population import batch_problem
+
+    return batch_problem([load_config(c) for c in json.loads(configs_json)])
+
+
+def sweep_batch_problem(configs: Sequence[dict[str, Any]]) -> str | None:
+    """Why these sweep members cannot be trained as one population (None when they can):
+    engine.population.batch_problem, cached per configuration (labels and ids do not count).
+    ConfigError for an invalid config."""
+    trimmed = [{k: v for k, v in c.items() if k not in _NOT_TRAINED} for c in configs]
+    return _batch_problem(json.dumps(trimmed, sort_keys=True, default=str))
+
+
+def submit_sweep(configs: Sequence[dict[str, Any]], separate: bool = False) -> dict[str, Any]:
+    """Queue a weight sweep under this session's user (engine.sweeps.submit_plan): one
+    population job that the worker trains in one process when the members can be batched, else
+    (or when the user asked for `separate` runs) one queued run per member, each run's log
+    saying why. Returns sweep_id, run_ids, mode ("population" or "queued") and reason.
+    ConfigError / QueueLimitError propagate (nothing is queued then)."""
+    from engine.config import load_config
+    from engine.sweeps import plan_group, submit_plan
+
+    user = identity.current()
+    plan = plan_group([load_config({**c, "owner": user}) for c in configs])
+    res = submit_plan(plan, lake(), mode="sequential" if separate else "auto")
+    return {"sweep_id": res.sweep_id, "run_ids": list(res.run_ids), "mode": res.mode, "reason": res.reason}
+
+
+def cosmos_params_model() -> Any:
+    """The pydantic model of the COSMOS parameters (alpha, lambda, evaluation rays)."""
+    from engine.cosmos import CosmosParams
+
+    return CosmosParams
+
+
+def cosmos_problems(config_dict: dict[str, Any], params: dict[str, Any]) -> list[str]:
+    """Why this config and these COSMOS parameters cannot be trained as a COSMOS run ([] when
+    they can): invalid parameters, an invalid config, fewer than two tasks."""
+    from engine.config import ConfigError, load_config, resolve
+    from engine.cosmos import cosmos_config, params_from
+
+    problems: list[str] = []
+    try:
+        params_from(params)
+    except ValueError as e:
+        problems.append(str(e))
+    try:
+        cfg = cosmos_config(load_config(dict(config_dict)), params if not problems else None)
+        n = len(resolve(cfg)["tasks"])
+        if n < 2:
+            problems.append(f"a preference-conditioned model needs at least 2 tasks (you chose {n})")
+    except (ConfigError, ValueError) as e:
+        problems.append(str(e))
+    return problems
+
+
+def submit_cosmos(config_dict: dict[str, Any], params: dict[str, Any]) -> str:
+    """Queue a COSMOS training under this session's user (engine.cosmos.submit_cosmos): the
+    worker trains it in a process it starts and watches. ConfigError, ValueError (parameters)
+    and QueueLimitError propagate."""
+    from engine.cosmos import submit_cosmos as _submit
+
+    return _submit({**config_dict, "owner": identity.current()}, params, lake())
 
 
 @st.cache_data(show_spinner=False, max_entries=32)

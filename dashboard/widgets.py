@@ -43,8 +43,12 @@ def sidebar() -> None:
         if ws is not None:
             running = ws.get("running") or []
             n_running = len(running) if isinstance(running, list | tuple) else int(running or 0)
+            jobs = ws.get("jobs")
+            n_jobs = len(jobs) if isinstance(jobs, list) else n_running
+            runs_text = f" ({n_running} runs)" if n_running != n_jobs else ""
+            slots = ws.get("max_parallel", "?")
             st.success(
-                f"alive · pid {ws.get('pid')} · {n_running} running / {ws.get('max_parallel', '?')} max",
+                f"alive · pid {ws.get('pid')} · {n_jobs} running{runs_text} / {slots} max",
                 icon=":material/check_circle:",
             )
         elif time.time() - queries.ensure_worker_once() < 30:
@@ -227,6 +231,30 @@ def task_weight_sliders(tasks: Sequence[str], prefix: str = "w") -> dict[str, fl
                 )
             )
     return out
+
+
+def preference_picker(tasks: Sequence[str], key: str) -> tuple[float, ...]:
+    """A preference over `tasks` (on the simplex): one slider for two tasks (the first task's
+    share, the rest goes to the second), linked sliders for more (`task_weight_sliders`)."""
+    tasks = list(tasks)
+    if len(tasks) == 2:
+        a = float(
+            st.slider(
+                f"Preference for {tasks[0]} (the rest goes to {tasks[1]})",
+                0.0,
+                1.0,
+                0.5,
+                0.05,
+                key=key,
+                help="Moves the ★ along the learned front: 1 = only "
+                f"{tasks[0]} counts, 0 = only {tasks[1]} counts.",
+            )
+        )
+        return (round(a, 4), round(1.0 - a, 4))
+    values = task_weight_sliders(tasks, prefix=key)
+    w = [max(0.0, float(values[t])) for t in tasks]
+    total = sum(w) or 1.0
+    return tuple(round(v / total, 4) for v in w)
 
 
 # ---- progress and empty states ------------------------------------------------------------

@@ -56,6 +56,11 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", help="comma-separated subset of the dataset's tasks")
     p.add_argument("--arch")
     p.add_argument("--balancer")
+    p.add_argument(
+        "--gradients",
+        choices=["exact", "representation"],
+        help="Gramian-based gradient balancers: exact (default) or representation (MGDA-UB, faster)",
+    )
     p.add_argument("--weights", help="task weights for the fixed balancer: income=0.7,never_married=0.3")
     p.add_argument("--dataset-param", action="append", metavar="KEY=VALUE")
     p.add_argument("--arch-param", action="append", metavar="KEY=VALUE")
@@ -82,6 +87,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         "dataset",
         "arch",
         "balancer",
+        "gradients",
         "epochs",
         "batch_size",
         "lr",
@@ -282,18 +288,25 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
     weights = weight_vectors(len(tasks), args.k, args.kind, seed=args.weight_seed)
     print(f"sweep of {len(weights)} weight vectors x {len(seeds)} seed(s) over {tasks}", file=sys.stderr)
-    executor = "queue" if args.queue else "inprocess"
-    from engine.jobs import QueueLimitError
+    from engine.jobs import QueueLimitError, worker_status
+    from engine.sweeps import submit_sweep
 
     try:
-        res = run_sweep(cfg, weights, seeds, lake, mode=args.mode, executor=executor)
+        if args.queue:  # the worker trains it: one population job when it can be batched
+            res = submit_sweep(cfg, weights, seeds, lake, mode=args.mode)
+        else:
+            res = run_sweep(cfg, weights, seeds, lake, mode=args.mode, executor="inprocess")
     except QueueLimitError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"sweep {res.sweep_id}: {res.mode}" + (f" ({res.reason})" if res.reason else ""))
-    print(f"  {len(res.run_ids)} runs in {res.seconds:.1f} s")
-    if res.mode == "queued":
+    if args.queue:
+        what = "one population job" if res.mode == "population" else "separate runs"
+        print(f"  {len(res.run_ids)} runs queued for the worker as {what}")
+        if worker_status(lake) is None:
+            print("no worker is running: start one with `python -m engine worker`", file=sys.stderr)
         return 0
+    print(f"  {len(res.run_ids)} runs in {res.seconds:.1f} s")
     df = lake.runs().set_index("run_id").loc[res.run_ids]
     cols = ["status", "seed", *[c for c in df.columns if "/" in c and not c.endswith("/loss")]]
     print(df[cols].to_string(float_format=lambda v: f"{v:.4f}"))
@@ -301,12 +314,26 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_cosmos(args: argparse.Namespace) -> int:
-    """Train one preference-conditioned model (COSMOS) in the foreground."""
+    """Train one preference-conditioned model (COSMOS) in the foreground, or queue it (--queue)."""
     from engine.cosmos import learned_front, run_cosmos
 
     cfg = config_from_args(args)
     lake = _lake(args)
-    rid = run_cosmos(cfg, {"alpha": args.alpha, "lam": args.lam, "eval_rays": args.eval_rays}, lake)
+    params = {"alpha": args.alpha, "lam": args.lam, "eval_rays": args.eval_rays}
+    if args.queue:
+        from engine.cosmos import submit_cosmos
+        from engine.jobs import QueueLimitError, worker_status
+
+        try:
+            rid = submit_cosmos(cfg, params, lake)
+        except QueueLimitError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 3
+        print(rid)
+        if worker_status(lake) is None:
+            print("queued; no worker is running: start one with `python -m engine worker`", file=sys.stderr)
+        return 0
+    rid = run_cosmos(cfg, params, lake)
     code = _print_result(lake, rid)
     if code == 0:
         front = learned_front(rid, args.front, lake, split="val")
@@ -329,15 +356,16 @@ def cmd_cosmos_front(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep_child(args: argparse.Namespace) -> int:
-    """Hidden: the detached trainer of a launched population sweep."""
+    """Hidden: the trainer process of a population sweep (started by the worker, or detached)."""
     from engine.sweeps import execute_sweep
 
-    states = execute_sweep(_lake(args), args.sweep_id)
+    runs = [r.strip() for r in (args.runs or "").split(",") if r.strip()]
+    states = execute_sweep(_lake(args), args.sweep_id, runs or None)
     return 0 if all(s == "finished" for s in states.values()) else 1
 
 
 def cmd_cosmos_child(args: argparse.Namespace) -> int:
-    """Hidden: the detached trainer of a launched COSMOS run."""
+    """Hidden: the trainer process of a COSMOS run (started by the worker)."""
     from engine.cosmos import execute_cosmos
 
     execute_cosmos(_lake(args), args.run_id)
@@ -390,14 +418,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-seed", type=int, default=0, help="seed of random weight vectors")
     p.add_argument("--seeds", default="0", help="comma-separated run seeds: 0,1,2")
     p.add_argument("--mode", choices=["auto", "population", "sequential"], default="auto")
-    p.add_argument("--queue", action="store_true", help="separate runs go to the worker's queue")
+    p.add_argument(
+        "--queue",
+        action="store_true",
+        help="queue the sweep for the worker (one population job when it can be batched) instead of "
+        "training it here",
+    )
     p.set_defaults(func=cmd_sweep)
-    p = sub.add_parser("cosmos", help="train one preference-conditioned model (COSMOS) in the foreground")
+    p = sub.add_parser("cosmos", help="train one preference-conditioned model (COSMOS), here or queued")
     _add_config_flags(p)
     p.add_argument("--alpha", type=float, default=1.0, help="Dirichlet concentration of preferences")
     p.add_argument("--lam", type=float, default=1.0, help="cosine-penalty weight lambda")
     p.add_argument("--eval-rays", type=int, default=5, help="preferences scored on validation")
     p.add_argument("--front", type=int, default=5, help="preferences to print at the end")
+    p.add_argument("--queue", action="store_true", help="queue it for the worker instead of training it here")
     p.set_defaults(func=cmd_cosmos)
     p = sub.add_parser("cosmos-front", help="a COSMOS run's metrics at given preferences")
     p.add_argument("run_id")
@@ -407,6 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_cosmos_front)
     p = sub.add_parser("_sweep")
     p.add_argument("sweep_id")
+    p.add_argument("--runs", help="comma-separated member run ids (default: the sweep's manifest)")
     p.set_defaults(func=cmd_sweep_child)
     p = sub.add_parser("_cosmos")
     p.add_argument("run_id")

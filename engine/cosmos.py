@@ -33,7 +33,6 @@ import dataclasses
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 import traceback
@@ -54,7 +53,6 @@ from engine.datasets.base import FeatureSpec, MTLData, Split
 from engine.devices import describe, select_device
 from engine.models import build_model
 from engine.models.base import MTLModel
-from engine.paths import REPO_ROOT
 from engine.recorder import RunWriter, read_json_dict, write_json_atomic
 from engine.store import Lake
 from engine.train import (
@@ -415,7 +413,8 @@ def create_cosmos_run(
     lake: Lake | None = None,
 ) -> str:
     """Create a COSMOS run directory, already claimed (so the worker never trains it as a plain
-    run); `execute_cosmos` or `launch_cosmos` trains it."""
+    run) for a foreground training (`execute_cosmos`, `run_cosmos`); `submit_cosmos` queues one
+    for the worker instead."""
     lake = lake or Lake()
     cp = params_from(params)
     rc = cosmos_config(cfg, cp)
@@ -465,30 +464,34 @@ def run_cosmos(
     return rid
 
 
+def submit_cosmos(
+    cfg: RunConfig | dict[str, Any],
+    params: CosmosParams | dict[str, Any] | None = None,
+    lake: Lake | None = None,
+) -> str:
+    """Queue a COSMOS training for the worker; return its run id.
+
+    The run is a job of kind "cosmos" (`engine.jobs.submit_job`): the worker claims it like any
+    run (per-user queue limit, round robin, cancel) and trains it in a `python -m engine _cosmos
+    RUN_ID` process it starts and watches. ValueError (bad parameters), ConfigError and
+    QueueLimitError reach the caller; nothing is queued then.
+    """
+    from engine.jobs import submit_job
+
+    cp = params_from(params)
+    rc = cosmos_config(cfg, cp)
+    return submit_job("cosmos", [rc], lake or Lake(), files={PARAMS_FILE: cp.model_dump()})[0]
+
+
 def launch_cosmos(
     cfg: RunConfig | dict[str, Any],
     params: CosmosParams | dict[str, Any] | None = None,
     lake: Lake | None = None,
-) -> tuple[str, subprocess.Popen[bytes]]:
-    """Create a COSMOS run and train it in a detached `python -m engine _cosmos RUN_ID` process
-    (reaped by a daemon thread); return (run id, process)."""
-    lake = lake or Lake()
-    rid = create_cosmos_run(cfg, params, lake)
-    env = dict(os.environ)
-    env["SEESAW_HOME"] = str(lake.root)
-    env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    with open(lake.run_dir(rid) / "trainer.log", "ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "engine", "_cosmos", "--home", str(lake.root), rid],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=str(REPO_ROOT),
-            env=env,
-            start_new_session=True,
-        )
-    threading.Thread(target=proc.wait, daemon=True, name=f"reap-{rid}").start()
-    return rid, proc
+) -> tuple[str, subprocess.Popen[bytes] | None]:
+    """Start a COSMOS training without waiting (engine.dedupe.find_or_launch_cosmos calls it):
+    queued for the worker, which starts and supervises its trainer (`submit_cosmos`). Returns
+    (run id, None): there is no process of this caller's to wait on."""
+    return submit_cosmos(cfg, params, lake), None
 
 
 # ------------------------------------------------------------------ the learned front API

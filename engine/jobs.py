@@ -1,12 +1,28 @@
 """The job queue and the background worker.
 
-A job is a queued run directory (`Lake.create_run`). One worker process per lake owns scheduling:
-it holds an exclusive `flock` on `<root>/_worker/worker.lock` for its lifetime, claims queued runs
-with an `O_CREAT|O_EXCL` `claim` file (oldest first, round-robin across owners), starts one
-trainer process per run up to `max_parallel`, reaps its children, watches heartbeats, marks dead
-runs failed with the reason, enforces cancel requests and resumes the queue after a restart.
+A job is what one trainer process trains, recorded as queued run directories
+(`Lake.create_run`):
 
-The trainer process owns its run's `status.json` while it lives (engine.recorder.RunWriter); the
+- a plain run (`submit`, `submit_many`): one run, trained by `python -m engine _train`;
+- a population (`submit_job("population", ...)`): K member runs of one weight sweep trained
+  together as one batched model by `python -m engine _sweep GROUP --runs ...`;
+- a COSMOS training (`submit_job("cosmos", ...)`): one preference-conditioned run trained by
+  `python -m engine _cosmos RUN_ID`.
+
+The kind is recorded in each member's `job.json` (absent for a plain run), written under the
+submit lock together with the run, so the worker, which scans and claims under the same lock,
+never sees a member without it. Every kind follows the same rules: the per-user limit counts
+its queued runs, the owners take turns, a queued member can be cancelled alone, and a running
+one stops at its next step when asked.
+
+One worker process per lake owns scheduling: it holds an exclusive `flock` on
+`<root>/_worker/worker.lock` for its lifetime, claims queued jobs with an `O_CREAT|O_EXCL`
+`claim` file per run (oldest first, round-robin across owners), starts one trainer process per
+job up to `max_parallel`, reaps its children, watches heartbeats, marks the runs of a dead
+trainer failed with the reason (the exit code or signal), enforces cancel requests and resumes
+the queue after a restart.
+
+The trainer process owns its runs' `status.json` while it lives (engine.recorder.RunWriter); the
 worker writes status only before a trainer starts and after it is gone.
 """
 
@@ -24,7 +40,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -124,18 +140,19 @@ def _signal_group(pid: int, sig: int) -> None:
             os.kill(pid, sig)
 
 
-def describe_exit(returncode: int) -> str:
-    """Human text for a child's exit status ("trainer killed by signal 9 (SIGKILL)")."""
+def describe_exit(returncode: int, who: str = "trainer") -> str:
+    """Human text for a child's exit status ("trainer killed by signal 9 (SIGKILL)"); `who`
+    names the process ("population trainer", "COSMOS trainer")."""
     if returncode < 0:
         sig = -returncode
         try:
             name = signal.Signals(sig).name
         except ValueError:
             name = "unknown signal"
-        return f"trainer killed by signal {sig} ({name})"
+        return f"{who} killed by signal {sig} ({name})"
     if returncode == 0:
-        return "trainer exited with code 0 without recording an end state"
-    return f"trainer exited with code {returncode}"
+        return f"{who} exited with code 0 without recording an end state"
+    return f"{who} exited with code {returncode}"
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES, max_bytes: int = 16_384) -> str:
@@ -166,6 +183,78 @@ def _child_env(root: Path, extra: dict[str, str] | None = None) -> dict[str, str
 def default_trainer_argv(root: Path, run_id: str) -> list[str]:
     """`python -m engine _train --home ROOT RUN_ID`: the trainer subprocess of one run."""
     return [sys.executable, "-m", "engine", "_train", "--home", str(root), run_id]
+
+
+# --------------------------------------------------------------------------------------------
+# Jobs: what one trainer process trains
+# --------------------------------------------------------------------------------------------
+
+JOB_FILE = "job.json"  # in each member run of a population / COSMOS job; absent for a plain run
+JOBS_DIR = "_jobs"  # <root>/_jobs/<group>.log: the output of a population's trainer
+JOB_KINDS = ("run", "population", "cosmos")
+_WHO = {"run": "trainer", "population": "population trainer", "cosmos": "COSMOS trainer"}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One trainer process's work: `kind` "run", "population" or "cosmos"; `key` is the run id
+    (the group id of a population); `run_ids` the runs it trains."""
+
+    kind: str
+    key: str
+    run_ids: tuple[str, ...]
+
+    @property
+    def who(self) -> str:
+        """The trainer's name in messages: "trainer", "population trainer", "COSMOS trainer"."""
+        return _WHO.get(self.kind, "trainer")
+
+
+def _safe_group(group: str) -> bool:
+    return bool(group) and len(group) <= 120 and group.replace("-", "").replace("_", "").isalnum()
+
+
+def job_of(lake: Lake, run_id: str) -> Job:
+    """The job a run belongs to, from its `job.json` (a plain run when there is none)."""
+    try:
+        info = read_json_dict(lake.run_dir(run_id) / JOB_FILE)
+    except (OSError, ValueError):
+        info = {}
+    kind = info.get("kind")
+    if kind == "population":
+        group = str(info.get("group") or "")
+        members = tuple(
+            str(m) for m in (info.get("members") or []) if isinstance(m, str) and Lake.valid_run_id(m)
+        )
+        if _safe_group(group) and run_id in members:
+            return Job("population", group, members)
+    elif kind == "cosmos":
+        return Job("cosmos", run_id, (run_id,))
+    return Job("run", run_id, (run_id,))
+
+
+def default_job_argv(root: Path, job: Job, trainer_argv: TrainerArgv = default_trainer_argv) -> list[str]:
+    """The trainer command of a job: `_train RUN_ID` (through `trainer_argv`), `_cosmos RUN_ID` or
+    `_sweep GROUP --runs ID,ID,...` (the run ids on the command line also let a restarted worker
+    check that a process it adopts really is their trainer)."""
+    if job.kind == "population":
+        return [
+            sys.executable,
+            "-m",
+            "engine",
+            "_sweep",
+            "--home",
+            str(root),
+            job.key,
+            "--runs",
+            ",".join(job.run_ids),
+        ]
+    if job.kind == "cosmos":
+        return [sys.executable, "-m", "engine", "_cosmos", "--home", str(root), job.key]
+    return trainer_argv(root, job.key)
+
+
+JobArgv = Callable[[Path, Job], list[str]]
 
 
 def _visible_gpus() -> list[str]:
@@ -271,6 +360,58 @@ def submit_many(configs: Sequence[RunConfig | dict[str, Any]], lake: Lake | None
         return [lake.create_run(c, state="queued") for c in configs]
 
 
+def submit_job(
+    kind: str,
+    configs: Sequence[RunConfig | dict[str, Any]],
+    lake: Lake | None = None,
+    *,
+    group: str | None = None,
+    files: dict[str, dict[str, Any]] | None = None,
+    prepare: Callable[[list[str]], None] | None = None,
+) -> list[str]:
+    """Queue a job that one trainer process trains: a "population" (the member runs `configs`,
+    trained together; `group` names it, e.g. the sweep id) or a "cosmos" training (one config).
+
+    Like `submit_many`: all or nothing, and QueueLimitError when the owner's queued runs (each
+    member counts) would pass the per-user limit. `files` (name -> JSON) are written into every
+    member's directory and `prepare(run_ids)` runs before the submit lock is released, so the
+    worker never sees a member without them.
+    """
+    if kind not in ("population", "cosmos"):
+        raise ValueError(f"job kind must be 'population' or 'cosmos', got {kind!r}")
+    if not configs:
+        raise ValueError("a job needs at least one run")
+    if kind == "cosmos" and len(configs) != 1:
+        raise ValueError("a COSMOS job trains exactly one run")
+    if kind == "population" and not (group and _safe_group(group)):
+        raise ValueError(f"a population needs a group id of letters, digits, '-' and '_', got {group!r}")
+    files = dict(files or {})
+    if {"config.json", "status.json", "claim", "cancel", JOB_FILE} & set(files):
+        raise ValueError(f"a job may not write {sorted(files)} into its runs")
+    lake = lake or Lake()
+    adding: dict[str, int] = {}
+    for c in configs:
+        adding[_owner_of(c)] = adding.get(_owner_of(c), 0) + 1
+    with _submit_lock(lake):
+        for owner, n in adding.items():
+            check_queue_limit(lake, owner, n)
+        run_ids = [lake.create_run(c, state="queued") for c in configs]
+        desc = {
+            "kind": kind,
+            "group": group if kind == "population" else run_ids[0],
+            "members": run_ids,
+            "created": time.time(),
+        }
+        for rid in run_ids:
+            rdir = lake.run_dir(rid)
+            for name, data in files.items():
+                write_json_atomic(rdir / name, data)
+            write_json_atomic(rdir / JOB_FILE, desc)
+        if prepare is not None:
+            prepare(run_ids)
+    return run_ids
+
+
 def cancel(run_id: str, lake: Lake | None = None, by: str | None = None) -> str:
     """Cancel a run; return a message saying what happened.
 
@@ -308,26 +449,46 @@ def cancel(run_id: str, lake: Lake | None = None, by: str | None = None) -> str:
 
 @dataclass
 class _Child:
-    """A run this worker watches: its own subprocess, or one adopted from an earlier worker."""
+    """A job this worker watches: its own subprocess, or one adopted from an earlier worker.
 
-    run_id: str
+    `key` is the job's key (the run id, or a population's group id); `members` the runs the
+    process trains (one, or a population's members)."""
+
+    key: str
     popen: subprocess.Popen[bytes] | None
     pid: int | None
     launched: float
     gpu: str | None = None
-    cancel_seen: float | None = None
+    kind: str = "run"
+    members: tuple[str, ...] = ()
+    cancel_seen: dict[str, float] = field(default_factory=dict)  # member -> when its cancel was seen
     term_sent: float | None = None
     kill_sent: float | None = None
-    ended_seen: float | None = None  # when status.json first showed a terminal state
+    ended_seen: float | None = None  # when status.json first showed every member ended
+
+    def __post_init__(self) -> None:
+        if not self.members:
+            self.members = (self.key,)
+
+    @property
+    def run_id(self) -> str:
+        """The job key (the run id of a one-run job)."""
+        return self.key
+
+    @property
+    def who(self) -> str:
+        return _WHO.get(self.kind, "trainer")
 
 
 class Worker:
-    """Schedules queued runs of one lake onto trainer subprocesses.
+    """Schedules queued jobs of one lake onto trainer subprocesses.
 
-    `trainer_argv(root, run_id)` builds the trainer command (default: `python -m engine _train
-    --home ROOT RUN_ID`). Use `run_forever()` in a worker process, or `run_once()` in a loop
-    (tests); either takes the worker lock first and raises `WorkerAlreadyRunning` if another
-    worker holds it. `stop()` ends `run_forever`; `close()` releases the lock.
+    `trainer_argv(root, run_id)` builds the command of a plain run's trainer (default: `python
+    -m engine _train --home ROOT RUN_ID`); `job_argv(root, job)`, when given, builds every job's
+    command (default: `default_job_argv`). Use `run_forever()` in a worker process, or
+    `run_once()` in a loop (tests); either takes the worker lock first and raises
+    `WorkerAlreadyRunning` if another worker holds it. `stop()` ends `run_forever`; `close()`
+    releases the lock.
     """
 
     def __init__(
@@ -337,6 +498,7 @@ class Worker:
         poll: float = 0.5,
         trainer_argv: TrainerArgv | None = None,
         *,
+        job_argv: JobArgv | None = None,
         cancel_grace: float = CANCEL_GRACE,
         heartbeat_timeout: float = HEARTBEAT_TIMEOUT,
         compact: bool = True,
@@ -351,11 +513,12 @@ class Worker:
         self.max_parallel = int(max_parallel)
         self.poll = float(poll)
         self.trainer_argv: TrainerArgv = trainer_argv or default_trainer_argv
+        self.job_argv: JobArgv | None = job_argv
         self.cancel_grace = float(cancel_grace)
         self.heartbeat_timeout = float(heartbeat_timeout)
         self.compact = compact
         self.started = time.time()
-        self._children: dict[str, _Child] = {}
+        self._children: dict[str, _Child] = {}  # job key -> child
         self._done: set[str] = set()  # run ids seen in a terminal state (terminal is final)
         self._served: dict[str, int] = {}  # owner -> tick of the last claim (round-robin)
         self._tick = 0
@@ -364,6 +527,7 @@ class Worker:
         self._lock_fd: int | None = None
         self._compactor: ThreadPoolExecutor | None = None
         self.launched: list[str] = []  # run ids in launch order (for the CLI and tests)
+        self.launched_jobs: list[Job] = []  # jobs in launch order
 
     # ---- paths ----------------------------------------------------------------------------
 
@@ -374,8 +538,11 @@ class Worker:
 
     @property
     def running(self) -> list[str]:
-        """Run ids this worker is watching now."""
-        return sorted(self._children)
+        """Run ids this worker is watching now (every member of every job)."""
+        return sorted(self._watched())
+
+    def _watched(self) -> set[str]:
+        return {rid for c in self._children.values() for rid in c.members}
 
     # ---- lock and lifecycle ---------------------------------------------------------------
 
@@ -417,7 +584,7 @@ class Worker:
             with contextlib.suppress(OSError):
                 write_json_atomic(
                     self.worker_dir / "worker.json",
-                    {**self._worker_info(), "stopped": time.time(), "running": []},
+                    {**self._worker_info(), "stopped": time.time(), "running": [], "jobs": []},
                 )
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -468,7 +635,7 @@ class Worker:
             try:
                 self._watch(child, now)
             except RunNotFoundError:
-                self._children.pop(child.run_id, None)  # deleted under us
+                self._children.pop(child.key, None)  # deleted under us
         self._claim_and_launch()
         self._write_worker_json()
 
@@ -481,6 +648,10 @@ class Worker:
             "heartbeat": time.time(),
             "max_parallel": self.max_parallel,
             "running": self.running,
+            "jobs": [
+                {"kind": c.kind, "key": c.key, "runs": list(c.members), "pid": c.pid}
+                for c in sorted(self._children.values(), key=lambda c: c.launched)
+            ],
         }
 
     def _write_worker_json(self) -> None:
@@ -500,21 +671,47 @@ class Worker:
             if state in TERMINAL_STATES:
                 self._done.add(rid)
             elif state == "running":
+                if rid in self._watched():
+                    continue  # adopted with its population
                 ok, why = self._liveness(st, now, resuming=True)
                 if ok:
                     self._adopt(rid, st)
                 else:
                     self._kill_foreign(st.get("pid"), rid, signal.SIGKILL)
-                    self._fail(rid, f"worker restarted; trainer no longer alive ({why})")
+                    self._fail(rid, f"worker restarted; {job_of(self.lake, rid).who} no longer alive ({why})")
             elif state == "queued":
                 self._handle_claimed_queued(rid, resuming=True)
 
     def _adopt(self, rid: str, st: dict[str, Any]) -> None:
+        """Watch a running run this worker did not start (with the rest of its population)."""
         pid = st.get("pid")
-        self._children[rid] = _Child(
-            rid, None, pid if isinstance(pid, int) else None, float(st.get("launched") or time.time())
+        job = job_of(self.lake, rid)
+        members: tuple[str, ...] = (rid,)
+        if job.kind == "population":
+            if job.key in self._children:  # another member already brought the population in
+                child = self._children[job.key]
+                if rid not in child.members:
+                    child.members = (*child.members, rid)
+                return
+            members = tuple(r for r in job.run_ids if r == rid or self._state_of(r) == "running")
+        key = job.key if job.kind != "run" else rid
+        if key in self._children:
+            return
+        self._children[key] = _Child(
+            key,
+            None,
+            pid if isinstance(pid, int) else None,
+            float(st.get("launched") or time.time()),
+            kind=job.kind,
+            members=members,
         )
-        log.info("adopted running run %s (pid %s)", rid, pid)
+        log.info("adopted running %s %s (pid %s)", job.kind, key, pid)
+
+    def _state_of(self, rid: str) -> str:
+        try:
+            return str(self.lake.status(rid).get("state"))
+        except (RunNotFoundError, ValueError):
+            return "deleted"
 
     def _handle_claimed_queued(self, rid: str, resuming: bool) -> None:
         """A queued run that has a claim but no trainer: requeue or finish what the claimer began."""
@@ -575,18 +772,34 @@ class Worker:
         if isinstance(pid, int) and pid_alive(pid) and _is_trainer_of(pid, rid):
             _signal_group(pid, sig)
 
+    def _live_members(self, child: _Child) -> dict[str, dict[str, Any]] | None:
+        """Status of the members that have not ended (None when every member was deleted)."""
+        live: dict[str, dict[str, Any]] = {}
+        found = False
+        for rid in child.members:
+            try:
+                st = self.lake.status(rid)
+            except RunNotFoundError:
+                continue
+            found = True
+            if st.get("state") not in TERMINAL_STATES:
+                live[rid] = st
+        return live if found else None
+
     def _watch(self, child: _Child, now: float) -> None:
-        rid = child.run_id
-        rdir = self.lake.run_dir(rid)
         if child.popen is not None:
             rc = child.popen.poll()  # reaps: no zombies
             if rc is not None:
                 self._on_exit(child, rc)
                 return
-        st = self.lake.status(rid)
-        if st.get("state") in TERMINAL_STATES:
+        live = self._live_members(child)
+        if live is None:  # deleted under us
             if child.popen is None:
-                self._ended(rid)  # an adopted trainer finished by itself
+                self._children.pop(child.key, None)
+            return
+        if not live:
+            if child.popen is None:
+                self._ended(child)  # an adopted trainer finished by itself
                 return
             # Our own child: reaped on a later pass once the process has exited; one that hangs
             # on its way out (a stuck non-daemon thread) is killed so it does not hold a slot.
@@ -595,12 +808,17 @@ class Worker:
                 self._signal(child, signal.SIGKILL)
                 child.kill_sent = now
             return
-        # cancel requests
-        if child.cancel_seen is None and (rdir / "cancel").exists():
-            child.cancel_seen = now
-        if child.cancel_seen is not None:
-            if child.term_sent is None and now - child.cancel_seen >= self.cancel_grace:
-                log.info("run %s ignored its cancel request for %.0f s: SIGTERM", rid, self.cancel_grace)
+        # cancel requests: each member stops at its next step; the process is stopped by signal
+        # only when every member it still trains was asked to stop and has not
+        for rid in live:
+            if rid not in child.cancel_seen and (self.lake.run_dir(rid) / "cancel").exists():
+                child.cancel_seen[rid] = now
+        if all(rid in child.cancel_seen for rid in live):
+            asked = max(child.cancel_seen[rid] for rid in live)
+            if child.term_sent is None and now - asked >= self.cancel_grace:
+                log.info(
+                    "%s %s ignored its cancel request for %.0f s: SIGTERM", child.who, child.key, now - asked
+                )
                 self._signal(child, signal.SIGTERM)
                 child.term_sent = now
             elif (
@@ -611,65 +829,85 @@ class Worker:
                 self._signal(child, signal.SIGKILL)
                 child.kill_sent = now
         if child.popen is None:
-            ok, why = self._liveness(st, now)
-            if not ok:
-                st = self.lake.status(rid)  # it may have just finished
-                if st.get("state") not in TERMINAL_STATES:
-                    self._kill_foreign(child.pid, rid, signal.SIGKILL)
-                    if child.cancel_seen is not None:
-                        self._finalize(rid, "cancelled", f"cancel requested; trainer gone ({why})")
+            for rid, st in live.items():
+                ok, why = self._liveness(st, now)
+                if ok:
+                    continue
+                self._kill_foreign(child.pid, rid, signal.SIGKILL)
+                for other in child.members:
+                    if self._state_of(other) in TERMINAL_STATES or self._state_of(other) == "deleted":
+                        continue  # it may have just finished
+                    if other in child.cancel_seen:
+                        self._finalize(other, "cancelled", f"cancel requested; {child.who} gone ({why})")
                     else:
-                        self._fail(rid, f"trainer no longer alive ({why})")
-                self._ended(rid)
+                        self._fail(other, f"{child.who} no longer alive ({why})")
+                self._ended(child)
+                return
             return
         # our own child, still running: is it hung?
-        ok, why = self._liveness(st, now, check_pid=False)
-        if not ok and child.kill_sent is None and child.term_sent is None:
-            log.warning("run %s: %s; killing its trainer", rid, why)
+        if child.kill_sent is not None or child.term_sent is not None:
+            return
+        for st in live.values():
+            ok, why = self._liveness(st, now, check_pid=False)
+            if ok:
+                continue
+            log.warning("%s %s: %s; killing it", child.who, child.key, why)
             self._signal(child, signal.SIGKILL)
             child.kill_sent = now
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.popen.wait(timeout=5)
-            self._fail(rid, f"trainer killed by the worker: {why}")
+            for rid in live:
+                self._fail(rid, f"{child.who} killed by the worker: {why}")
+            return
 
     def _signal(self, child: _Child, sig: int) -> None:
         if child.popen is not None:
             if child.popen.poll() is None:
                 _signal_group(child.popen.pid, sig)
         else:
-            self._kill_foreign(child.pid, child.run_id, sig)
+            for rid in child.members:
+                if self._state_of(rid) not in TERMINAL_STATES:
+                    self._kill_foreign(child.pid, rid, sig)
+                    return
+
+    def _log_path(self, job: Job) -> Path:
+        if job.kind == "population":
+            return self.lake.root / JOBS_DIR / f"{job.key}.log"
+        return self.lake.run_dir(job.key) / "trainer.log"
 
     def _on_exit(self, child: _Child, rc: int) -> None:
-        """Our trainer exited: record why if it did not record an end state itself."""
-        rid = child.run_id
-        try:
-            st = self.lake.status(rid)
-        except RunNotFoundError:
-            self._children.pop(rid, None)
-            return
-        if st.get("state") not in TERMINAL_STATES:
-            reason = describe_exit(rc)
-            tail = log_tail(self.lake.run_dir(rid) / "trainer.log")
-            if child.cancel_seen is not None:
-                how = f"trainer stopped by the worker ({reason})" if child.term_sent else reason
-                self._finalize(rid, "cancelled", f"cancel requested; {how}")
-            else:
-                msg = reason + (f"\n--- last lines of trainer.log ---\n{tail}" if tail else "")
-                self._fail(rid, msg)
-        log.info("run %s ended (exit %s)", rid, rc)
-        self._ended(rid)
+        """Our trainer exited: record why for every member that did not record an end state."""
+        live = self._live_members(child)
+        if live:
+            reason = describe_exit(rc, child.who)
+            if child.kind == "population":
+                reason += f" (it trained {len(child.members)} runs together: {', '.join(child.members)})"
+            logfile = self._log_path(Job(child.kind, child.key, child.members))
+            tail = log_tail(logfile)
+            for rid in live:
+                if rid in child.cancel_seen:
+                    how = f"{child.who} stopped by the worker ({reason})" if child.term_sent else reason
+                    self._finalize(rid, "cancelled", f"cancel requested; {how}")
+                else:
+                    msg = reason + (f"\n--- last lines of {logfile.name} ---\n{tail}" if tail else "")
+                    self._fail(rid, msg)
+        log.info("%s %s ended (exit %s)", child.kind, child.key, rc)
+        self._ended(child)
 
-    def _ended(self, rid: str) -> None:
-        self._children.pop(rid, None)
-        self._done.add(rid)
+    def _ended(self, child: _Child) -> None:
+        self._children.pop(child.key, None)
+        self._done.update(child.members)
         if self.compact:
             if self._compactor is None:
                 self._compactor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compact")
-            self._compactor.submit(self._compact_quietly, rid)
+            for rid in child.members:
+                self._compactor.submit(self._compact_quietly, rid)
 
     def _compact_quietly(self, rid: str) -> None:
         try:
             self.lake.compact(rid)
+        except RunNotFoundError:
+            pass
         except Exception:
             log.exception("compacting run %s failed", rid)
 
@@ -698,11 +936,14 @@ class Worker:
 
     # ---- claiming and launching -----------------------------------------------------------
 
-    def _candidates(self) -> list[tuple[float, str, str]]:
-        """Claimable queued runs as (created, run_id, owner); also adopts stray running runs."""
-        out: list[tuple[float, str, str]] = []
+    def _candidates(self) -> list[tuple[float, str, str, Job]]:
+        """Claimable queued jobs as (created, key, owner, job with its queued members); also
+        adopts stray running runs."""
+        out: list[tuple[float, str, str, Job]] = []
+        groups: dict[str, tuple[float, str, Job, set[str]]] = {}
+        watched = self._watched()
         for rid in self.lake.run_ids():
-            if rid in self._done or rid in self._children:
+            if rid in self._done or rid in watched:
                 continue
             try:
                 st = self.lake.status(rid)
@@ -712,57 +953,85 @@ class Worker:
                 elif state == "running":
                     # Started elsewhere (a foreground CLI run): watch its heartbeat too.
                     self._adopt(rid, st)
+                    watched = self._watched()
                 elif state == "queued":
                     if (self.lake.run_dir(rid) / "claim").exists():
                         self._handle_claimed_queued(rid, resuming=False)
                         continue
                     owner = str(self.lake.config(rid).get("owner") or "")
-                    out.append((float(st.get("created") or 0.0), rid, owner))
+                    created = float(st.get("created") or 0.0)
+                    job = job_of(self.lake, rid)
+                    if job.kind == "population":
+                        if job.key in self._children:
+                            continue  # a member left over while its population trains: later
+                        first, own, j, queued = groups.get(job.key, (created, owner, job, set()))
+                        queued.add(rid)
+                        groups[job.key] = (min(first, created), own, j, queued)
+                    else:
+                        out.append((created, job.key, owner, job))
             except RunNotFoundError:
                 continue
-        out.sort()
+        for key, (created, owner, job, queued) in groups.items():
+            members = tuple(r for r in job.run_ids if r in queued)
+            out.append((created, key, owner, Job("population", key, members)))
+        out.sort(key=lambda c: (c[0], c[1]))
         return out
 
     def _claim_and_launch(self) -> None:
         free = self.max_parallel - len(self._children)
         if free <= 0:
             return
-        queues: dict[str, list[tuple[float, str]]] = {}
-        for created, rid, owner in self._candidates():
-            queues.setdefault(owner, []).append((created, rid))
-        free = self.max_parallel - len(self._children)  # adoption may have used slots
-        while free > 0 and queues:
-            # Round-robin: the owner served least recently goes next; ties -> oldest queued run.
-            owner = min(queues, key=lambda o: (self._served.get(o, -1), queues[o][0]))
-            _, rid = queues[owner].pop(0)
-            if not queues[owner]:
-                del queues[owner]
-            if not self.lake.claim(rid, by="worker"):
-                continue
-            self._tick += 1
-            self._served[owner] = self._tick
-            if self._launch(rid):
-                free -= 1
+        # Under the submit lock: a job's runs and their job.json appear together (submit_job).
+        with _submit_lock(self.lake):
+            queues: dict[str, list[tuple[float, Job]]] = {}
+            for created, _key, owner, job in self._candidates():
+                queues.setdefault(owner, []).append((created, job))
+            free = self.max_parallel - len(self._children)  # adoption may have used slots
+            while free > 0 and queues:
+                # Round-robin: the owner served least recently goes next; ties -> oldest queued job.
+                owner = min(queues, key=lambda o: (self._served.get(o, -1), queues[o][0][0]))
+                _, job = queues[owner].pop(0)
+                if not queues[owner]:
+                    del queues[owner]
+                claimed = tuple(r for r in job.run_ids if self._claim(r))
+                if not claimed:
+                    continue
+                self._tick += 1
+                self._served[owner] = self._tick
+                if self._launch(Job(job.kind, job.key, claimed)):
+                    free -= 1
 
-    def _launch(self, rid: str) -> bool:
-        """Start the trainer of a run we just claimed; False if it did not start."""
+    def _claim(self, rid: str) -> bool:
         try:
-            st = self.lake.status(rid)
+            return self.lake.claim(rid, by="worker")
         except RunNotFoundError:
             return False
-        if st.get("state") != "queued":
+
+    def _launch(self, job: Job) -> bool:
+        """Start the trainer of a job whose runs we just claimed; False if it did not start."""
+        members: list[str] = []
+        for rid in job.run_ids:
+            try:
+                st = self.lake.status(rid)
+            except RunNotFoundError:
+                continue
+            if st.get("state") != "queued":
+                continue
+            if (self.lake.run_dir(rid) / "cancel").exists():
+                self._finalize(rid, "cancelled", "cancelled before it started")
+                self._done.add(rid)
+                continue
+            members.append(rid)
+        if not members:
             return False
-        rdir = self.lake.run_dir(rid)
-        if (rdir / "cancel").exists():
-            self._finalize(rid, "cancelled", "cancelled before it started")
-            self._done.add(rid)
-            return False
+        job = Job(job.kind, job.key, tuple(members))
         now = time.time()
-        # Mark running *before* the process exists: a worker dying right here leaves a run the
-        # next worker fails ("died while launching"), never one that is started twice.
-        self.lake.set_status(
-            rid, state="running", pid=None, launched=now, heartbeat=now, worker_pid=os.getpid()
-        )
+        # Mark running *before* the process exists: a worker dying right here leaves runs the
+        # next worker fails ("died while launching"), never runs that are started twice.
+        for rid in members:
+            self.lake.set_status(
+                rid, state="running", pid=None, launched=now, heartbeat=now, worker_pid=os.getpid()
+            )
         gpu = self._free_gpu()
         # Share the CPU cores between concurrent trainers instead of oversubscribing them.
         threads = max(1, (os.cpu_count() or 1) // max(1, self.max_parallel))
@@ -770,8 +1039,13 @@ class Worker:
         if gpu is not None:
             extra["CUDA_VISIBLE_DEVICES"] = gpu
         try:
-            argv = self.trainer_argv(self.lake.root, rid)
-            with open(rdir / "trainer.log", "ab") as logf:
+            if self.job_argv is not None:
+                argv = self.job_argv(self.lake.root, job)
+            else:
+                argv = default_job_argv(self.lake.root, job, self.trainer_argv)
+            logfile = self._log_path(job)
+            logfile.parent.mkdir(parents=True, exist_ok=True)
+            with open(logfile, "ab") as logf:
                 popen = subprocess.Popen(
                     argv,
                     stdin=subprocess.DEVNULL,
@@ -782,13 +1056,19 @@ class Worker:
                     env=_child_env(self.lake.root, extra),
                 )
         except (OSError, ValueError, TypeError) as e:
-            self._fail(rid, f"could not start the trainer: {e}")
-            self._done.add(rid)
+            for rid in members:
+                self._fail(rid, f"could not start the {job.who}: {e}")
+                self._done.add(rid)
             return False
-        self.lake.set_status(rid, pid=popen.pid)
-        self._children[rid] = _Child(rid, popen, popen.pid, now, gpu=gpu)
-        self.launched.append(rid)
-        log.info("launched run %s (pid %d)", rid, popen.pid)
+        for rid in members:
+            with contextlib.suppress(RunNotFoundError):
+                self.lake.set_status(rid, pid=popen.pid)
+        self._children[job.key] = _Child(
+            job.key, popen, popen.pid, now, gpu=gpu, kind=job.kind, members=tuple(members)
+        )
+        self.launched.extend(members)
+        self.launched_jobs.append(job)
+        log.info("launched %s %s (pid %d, %d run(s))", job.kind, job.key, popen.pid, len(members))
         return True
 
     def _free_gpu(self) -> str | None:

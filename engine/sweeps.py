@@ -17,8 +17,14 @@ Dirichlet distribution (`random_simplex`).
   with an event in its log saying why the population was not possible.
 
 A small manifest, `<lake>/_sweeps/<sweep_id>.json`, records the weights, seeds, run ids, mode and
-reason (`sweep_info`). `launch_sweep` does the same without blocking: a detached
-`python -m engine _sweep SWEEP_ID` process trains the population (for the dashboard).
+reason (`sweep_info`).
+
+`submit_sweep` / `submit_plan` do the same without blocking, for the dashboard: the population
+is queued as one job for the worker (`engine.jobs.submit_job`), which starts and watches its
+`python -m engine _sweep SWEEP_ID --runs ...` trainer like any trainer (the per-user queue
+limit, round robin and cancel rules apply; a killed trainer fails its runs with the signal in
+the reason). `launch_sweep` starts that process detached and unsupervised (for scripts that run
+no worker).
 """
 
 from __future__ import annotations
@@ -431,7 +437,10 @@ def launch_sweep(
 ) -> SweepResult:
     """Start a sweep without waiting: a population in a detached `python -m engine _sweep`
     process, or (when it cannot be batched) separate runs queued for the worker with the reason
-    in their logs. A daemon thread reaps the child (no zombies under Streamlit)."""
+    in their logs. A daemon thread reaps the child (no zombies under Streamlit).
+
+    The detached process is not supervised by the worker (nobody records why it died should it
+    be killed): where a worker runs, use `submit_sweep`, which queues the population as a job."""
     from engine.population import batch_problem
 
     lake = lake or Lake()
@@ -459,9 +468,57 @@ def launch_sweep(
     return SweepResult(plan.sweep_id, run_ids, "population", "", 0.0, process=proc)
 
 
-def execute_sweep(lake: Lake, sweep_id: str) -> dict[str, str]:
-    """Train a launched population sweep (the `_sweep` child process)."""
-    info = sweep_info(lake, sweep_id)
-    if not info:
-        raise FileNotFoundError(f"no sweep {sweep_id!r} in {lake.root}")
-    return train_members(lake, list(info["run_ids"]))
+def submit_plan(plan: SweepPlan, lake: Lake | None = None, mode: Mode = "auto") -> SweepResult:
+    """Queue a planned sweep for the worker without training anything here.
+
+    When the members can be batched (`engine.population.batch_problem`; mode "auto" or
+    "population") they are queued as one population job (`engine.jobs.submit_job`): the worker
+    trains them in one `python -m engine _sweep` process it starts and watches, and the result's
+    mode is "population". Otherwise (or with mode "sequential") they are queued as separate runs,
+    each with the reason in its log (mode "queued"). mode "population" raises PopulationError
+    with the reason when they cannot be batched. QueueLimitError (all or nothing) reaches the
+    caller.
+    """
+    from engine.jobs import submit_job
+    from engine.population import PopulationError, batch_problem
+
+    lake = lake or Lake()
+    reason = "sequential mode was asked for" if mode == "sequential" else (batch_problem(plan.configs) or "")
+    if mode == "population" and reason:
+        raise PopulationError(reason)
+    if reason:
+        return _run_separately(lake, plan, reason, "queue")
+    run_ids = submit_job(
+        "population",
+        plan.configs,
+        lake,
+        group=plan.sweep_id,
+        prepare=lambda ids: _write_manifest(lake, plan, ids, "population", ""),
+    )
+    return SweepResult(plan.sweep_id, run_ids, "population", "")
+
+
+def submit_sweep(
+    base: RunConfig | Mapping[str, Any],
+    weights: np.ndarray | Sequence[Sequence[float]] | Sequence[Mapping[str, float]],
+    seeds: Sequence[int] = (0,),
+    lake: Lake | None = None,
+    mode: Mode = "auto",
+) -> SweepResult:
+    """Plan a sweep (see `run_sweep`) and queue it for the worker (see `submit_plan`)."""
+    return submit_plan(plan_sweep(base, weights, seeds), lake, mode)
+
+
+def execute_sweep(lake: Lake, sweep_id: str, run_ids: Sequence[str] | None = None) -> dict[str, str]:
+    """Train a population sweep in this process (the `_sweep` trainer process): the members
+    `run_ids` (the worker names the ones it claimed), else every run of the sweep's manifest."""
+    if run_ids:
+        members = [str(r) for r in run_ids]
+        for rid in members:
+            lake.config(rid)  # RunNotFoundError for a run that is not there
+    else:
+        info = sweep_info(lake, sweep_id)
+        if not info:
+            raise FileNotFoundError(f"no sweep {sweep_id!r} in {lake.root}")
+        members = list(info["run_ids"])
+    return train_members(lake, members)

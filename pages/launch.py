@@ -1,5 +1,7 @@
 """Launch: dataset and tasks, architecture (with its diagram), balancer (with its parameters),
-task weights on the simplex, training settings; "Run" or "Sweep task weights"."""
+task weights on the simplex, training settings; "Run", "Sweep task weights" (one population job
+when the members can be batched) or "Train a preference-conditioned model" (COSMOS). Everything
+is queued for the worker."""
 
 from __future__ import annotations
 
@@ -98,6 +100,22 @@ with left:
     st.caption(f"{bal.description} *({bal.kind} balancer: {kind_text})*" if kind_text else bal.description)
     weight_fields = tuple(s.name for s in field_specs(bal.params) if s.kind == "weights")
     bal_params, bal_problems = render_params(bal.params, f"bal:{bal_name}", skip=weight_fields)
+    gradients = "exact"
+    if bal_name in registry.representation_balancers():
+        gradients = st.radio(
+            "Per-task gradients",
+            ["exact", "representation"],
+            key="launch_gradients",
+            horizontal=True,
+            format_func=lambda g: {
+                "exact": "exact (w.r.t. the shared parameters)",
+                "representation": "representation (MGDA-UB: about an EW step's cost)",
+            }[g],
+            help="'representation' weighs the tasks by the Gramian of their gradients at the shared "
+            "representation the task heads read (Sener & Koltun, 2018): one backward pass instead of "
+            "one per task through the shared layers; the update is still sum_t w_t grad L_t, only "
+            "the weights are approximate (for MGDA they minimise an upper bound).",
+        )
     if arch.kind == "single-task" and bal_name != "ew":
         st.info(
             "A single-task architecture shares no parameters, so a balancer has nothing to balance; "
@@ -188,6 +206,7 @@ base = {
     "arch_params": arch_params,
     "balancer": bal_name,
     "balancer_params": bal_params,
+    "gradients": gradients,
     "epochs": int(epochs),
     "batch_size": int(batch_size),
     "lr": float(lr),
@@ -230,6 +249,7 @@ with run_col:
         else:
             state.set_list("runs", ids)
             st.session_state["_launched"] = ids
+            st.session_state["_launched_how"] = ""
 
 with sweep_col:
     st.subheader("Sweep task weights")
@@ -251,7 +271,7 @@ with sweep_col:
             config={"displayModeBar": False},
             key="sweep_simplex",
         )
-        sweep = sweep_configs(base, tasks, resolution, seeds) if seeds else []
+        sweep = sweep_configs(base, tasks, resolution, seeds, include_corners=corners) if seeds else []
         sweep_problems: list[str] = []
         if len(sweep) > MAX_SWEEP_RUNS:
             sweep_problems.append(
@@ -262,28 +282,101 @@ with sweep_col:
             sweep_problems += validate(sweep[:1])
         for p in sweep_problems:
             st.error(p, icon=":material/block:")
+        population = False
+        why_not: str | None = None
+        if sweep and not sweep_problems and not problems:
+            with st.spinner("Checking whether the sweep can train as one population…"):
+                try:
+                    why_not = queries.sweep_batch_problem(sweep)
+                except ConfigError as e:
+                    why_not = str(e)
+            if why_not is None:
+                population = st.toggle(
+                    "Train as one population",
+                    True,
+                    key="sweep_population",
+                    help="The members train together as one batched model (torch.func.vmap) in one "
+                    "trainer process the worker starts and watches: one worker slot, one data pipeline, "
+                    "each member still its own run. Off: one queued run per member.",
+                )
+            else:
+                st.toggle("Train as one population", False, disabled=True, key="sweep_population_off")
+                st.caption(f"These members will train as separate runs: {why_not}.")
+        how = (
+            "trained together as one population (one trainer process, one worker slot)"
+            if population
+            else "each trained as its own run"
+        )
         st.caption(
             f"{len(sweep)} fixed-weight runs ({len(grid)} grid points × {len(seeds)} seed(s)), "
-            "grouped by one sweep id; compare them on **Pareto**."
+            f"grouped by one sweep id and {how}; compare them on **Pareto**."
         )
         if st.button(
-            f"Sweep task weights ({len(sweep)} runs)",
+            f"Sweep task weights ({len(sweep)} runs{', one population' if population else ''})",
             disabled=bool(problems or sweep_problems) or not sweep,
             key="launch_sweep",
         ):
             try:
-                ids = queries.submit_many(sweep)
-            except (ConfigError, QueueLimitError) as e:
+                res = queries.submit_sweep(sweep, separate=why_not is None and not population)
+            except (ConfigError, QueueLimitError, ValueError) as e:
                 st.error(str(e))
             else:
-                state.set_list("runs", ids)
-                state.set_value("sweep", sweep[0]["sweep_id"])
-                st.session_state["_launched"] = ids
+                state.set_list("runs", res["run_ids"])
+                state.set_value("sweep", res["sweep_id"])
+                st.session_state["_launched"] = res["run_ids"]
+                st.session_state["_launched_how"] = (
+                    f"as one population job (sweep `{res['sweep_id']}`)"
+                    if res["mode"] == "population"
+                    else f"as separate runs of sweep `{res['sweep_id']}`"
+                    + (f" ({res['reason']})" if res["reason"] else "")
+                )
+
+# ---- a preference-conditioned model (COSMOS) ---------------------------------------------------
+st.divider()
+st.subheader("Preference-conditioned model (COSMOS)")
+st.caption(
+    "One model that takes the task preference as an input (Ruchte & Grabocka, ICDM 2021): trained once, "
+    "it answers any preference by a forward pass. On **Pareto**, a slider moves a point along its "
+    "learned front next to the sweep's points."
+)
+if len(tasks) < 2:
+    st.caption(f"A preference-conditioned model needs at least 2 tasks (you chose {len(tasks)}).")
+else:
+    c_params, c_go = st.columns([3, 2], gap="large")
+    with c_params:
+        cosmos_params, cosmos_errs = render_params(queries.cosmos_params_model(), "cosmos", columns=3)
+    cosmos_cfg = {**base, "seed": seeds[0]} if seeds else None
+    cosmos_problems = list(cosmos_errs)
+    if cosmos_cfg is not None and not problems and not cosmos_problems:
+        cosmos_problems += queries.cosmos_problems(cosmos_cfg, cosmos_params)
+    with c_go:
+        for p in cosmos_problems:
+            st.error(p, icon=":material/block:")
+        if cosmos_cfg is not None:
+            st.caption(
+                f"{arch_name} on {ds_name} ({', '.join(tasks)}), {int(epochs)} epoch(s), seed {seeds[0]}; "
+                "the balancer above is not used (the COSMOS loss replaces it)."
+            )
+        if st.button(
+            "Train a preference-conditioned model",
+            disabled=bool(problems or cosmos_problems) or cosmos_cfg is None,
+            key="launch_cosmos",
+            icon=":material/tune:",
+        ):
+            try:
+                cosmos_id = queries.submit_cosmos(cosmos_cfg or {}, cosmos_params)
+            except (ConfigError, QueueLimitError, ValueError) as e:
+                st.error(str(e))
+            else:
+                state.set_list("runs", [cosmos_id])
+                st.session_state["_launched"] = [cosmos_id]
+                st.session_state["_launched_how"] = "as a COSMOS training job"
 
 launched = st.session_state.get("_launched")
 if launched:
+    how = st.session_state.get("_launched_how")
     st.success(
-        f"Queued {len(launched)} run(s): "
+        f"Queued {len(launched)} run(s){' ' + how if how else ''}: "
         + ", ".join(f"`{r}`" for r in launched[:6])
         + (" …" if len(launched) > 6 else ""),
         icon=":material/check_circle:",

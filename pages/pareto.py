@@ -1,6 +1,8 @@
 """Pareto: runs (or one weight sweep) as points on two task metrics; the non-dominated front as a
 step line, dominated runs faded, hypervolume against a shown reference point; a parallel-coordinates
-view for 3+ tasks. Click a point to open that run's curves and config."""
+view for 3+ tasks. Click a point to open that run's curves and config. When the dataset has a
+finished preference-conditioned model (COSMOS) of the plotted tasks, its learned front is drawn
+too and a preference slider moves a ★ along it."""
 
 from __future__ import annotations
 
@@ -11,11 +13,15 @@ import streamlit as st
 from dashboard import queries, state, widgets
 from dashboard.figures.curves import curves_figure, curves_info
 from dashboard.figures.pareto import (
+    inversion_text,
+    learned_front_info,
+    learned_point_text,
     metric_columns,
     parallel_figure,
     parallel_info,
     pareto_figure,
     pareto_info,
+    preference_grid,
     run_at,
 )
 from dashboard.nav import require_entry
@@ -39,7 +45,8 @@ with top[0]:
     ds = widgets.url_selectbox(
         "Dataset", datasets, "dataset", "pareto_dataset", default=widgets.dataset_of_view(runs, datasets)
     )
-pool = done[done["dataset"] == ds]
+cosmos_all = queries.cosmos_runs(done, ds)  # preference-conditioned models: drawn as a learned front
+pool = done[(done["dataset"] == ds) & ~done["run_id"].isin(cosmos_all["run_id"])]
 sweeps = sorted(s for s in pool["sweep_id"].dropna().unique() if s)
 with top[1]:
     sweep = widgets.url_selectbox(
@@ -62,11 +69,12 @@ with top[2]:
         format_func=lambda c: "architecture" if c == "arch" else c,
     )
 
-metrics = [c for c in metric_columns(pool) if pool[c].notna().any()]
+source = pool if not pool.empty else done[done["run_id"].isin(cosmos_all["run_id"])]
+metrics = [c for c in metric_columns(source) if source[c].notna().any()]
 if len(metrics) < 2:
     st.info("These runs have fewer than two test metrics: a front needs two.")
     st.stop()
-primary = queries.task_primary_metrics(pool["run_id"].head(1).tolist())
+primary = queries.task_primary_metrics(source["run_id"].head(1).tolist())
 preferred = [f"{t}/{m}" for t, m in primary.items() if f"{t}/{m}" in metrics]
 default_x = preferred[0] if preferred else metrics[0]
 default_y = preferred[1] if len(preferred) > 1 else next(m for m in metrics if m != default_x)
@@ -79,19 +87,80 @@ if x == y:
     st.warning("Choose two different metrics for the axes.")
     st.stop()
 
-labels = queries.labels_for(runs, pool["run_id"].tolist())
+labels = queries.labels_for(runs, [*pool["run_id"], *cosmos_all["run_id"]])
 info = pareto_info(pool, x, y, color_by, labels)
-if info.points.empty:
+
+# ---- the learned front of a preference-conditioned model (COSMOS) -----------------------------
+learned = None
+x_task, y_task = x.rsplit("/", 1)[0], y.rsplit("/", 1)[0]
+matching = cosmos_all[cosmos_all["task_list"].apply(lambda ts: x_task in ts and y_task in ts)]
+if not matching.empty:
+    cos_ids = matching["run_id"].tolist()
+    ref = str(pool["run_id"].iloc[0]) if not pool.empty else ""
+    same_data = [r for r in cos_ids if ref and queries.same_data(r, ref)]
+    with st.container(border=True):
+        c1, c2 = st.columns([2, 3], gap="large")
+        with c1:
+            cid = widgets.url_selectbox(
+                "Learned front (COSMOS)",
+                ["", *cos_ids],
+                "cosmos",
+                "pareto_cosmos",
+                default=(same_data or cos_ids)[0],
+                format_func=lambda r: labels.get(r, r) if r else "none",
+                help="A preference-conditioned model: one training, any preference by a forward pass.",
+            )
+        if cid:
+            tasks = matching.loc[matching["run_id"] == cid, "task_list"].iloc[0]
+            with c2:
+                pref = widgets.preference_picker(tasks, key=f"pareto_pref:{cid}")
+            try:
+                with st.spinner("Evaluating the learned front…"):
+                    front = queries.cosmos_front(cid, preference_grid(len(tasks)), "test")
+                    at_pref = queries.cosmos_front(cid, (pref,), "test")
+            except Exception as e:  # a missing checkpoint or dataset must not break the page
+                st.warning(f"The learned front of `{cid}` could not be evaluated: {e}")
+            else:
+                learned = learned_front_info(front, x, y, at_pref, cid, labels.get(cid, cid))
+            if learned is not None and learned.point is not None:
+                st.caption(
+                    f"★ **Your preference** {learned_point_text(learned)} "
+                    f"(test split: one forward pass of `{cid}`, nothing is trained)"
+                )
+            if learned is not None and learned.inverted:
+                lam = queries.cosmos_params(cid).get("lam", "?")
+                st.warning(inversion_text(learned, lam), icon=":material/swap_horiz:")
+            if ref and cid not in same_data:
+                st.caption(
+                    "This model was trained on other dataset parameters than these runs: its test "
+                    "rows differ, so compare with care."
+                )
+elif not cosmos_all.empty:
+    trained = sorted({t for ts in cosmos_all["task_list"] for t in ts})
+    st.caption(
+        f"This dataset's preference-conditioned model(s) train {', '.join(trained)}: choose axes of "
+        "those tasks to see a learned front."
+    )
+else:
+    st.caption(
+        "Train a preference-conditioned model (COSMOS) on **Launch** to move a point along its "
+        "learned front here."
+    )
+
+if info.points.empty and learned is None:
     st.info(f"No finished run has both {x} and {y}.")
     st.stop()
 event = st.plotly_chart(
-    pareto_figure(info),
+    pareto_figure(info, learned=learned),
     width="stretch",
     key="pareto_chart",
     on_select="rerun",
     selection_mode="points",
     config={"displaylogo": False},
 )
+if info.points.empty:
+    st.caption("No other finished run of this dataset has both metrics yet: only the learned front is drawn.")
+    st.stop()
 m1, m2, m3 = st.columns(3)
 m1.metric("Runs on the front", f"{len(info.front_run_ids)} / {len(info.points)}")
 m2.metric("Hypervolume", f"{info.hypervolume:.4g}" if info.hypervolume is not None else "–")

@@ -32,6 +32,37 @@ def seeded_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def cosmos_template(tmp_path_factory: pytest.TempPathFactory, seeded_template: Path) -> Path:
+    """The seeded lake plus one finished COSMOS run on the weight sweep's data (trained here)."""
+    from engine.config import load_config
+    from engine.cosmos import run_cosmos
+
+    root = tmp_path_factory.mktemp("cosmos-template") / "lake"
+    shutil.copytree(seeded_template, root)
+    cfg = {
+        "dataset": "synthetic-correlation",
+        "dataset_params": {"n_samples": 2000, "dim": 16, "correlation": 0.5},
+        "arch": "mmoe",
+        "epochs": 2,
+        "batch_size": 64,
+        "threads": 1,
+        "owner": "factory",
+    }
+    rid = run_cosmos(load_config(cfg), {"alpha": 1.0, "lam": 0.5}, Lake(root))
+    assert Lake(root).status(rid)["state"] == "finished"
+    return root
+
+
+@pytest.fixture
+def cosmos_lake(tmp_path: Path, cosmos_template: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "with-cosmos"
+    shutil.copytree(cosmos_template, root)
+    monkeypatch.setenv("SEESAW_HOME", str(root))
+    monkeypatch.setenv("SEESAW_NO_WORKER", "1")
+    return root
+
+
 @pytest.fixture
 def empty_lake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = tmp_path / "lake"
@@ -83,6 +114,23 @@ def _qp(at: AppTest, key: str) -> str:
 
 def _figures(at: AppTest) -> list[dict[str, Any]]:
     return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+
+
+def _arr(v: Any) -> list[float]:
+    """A plotly array from a figure's JSON (plain list, or {"dtype", "bdata"} base64)."""
+    if isinstance(v, dict) and "bdata" in v:
+        import base64
+
+        import numpy as np
+
+        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"])).tolist()
+    return list(v)
+
+
+def _trace(spec: dict[str, Any], name: str) -> dict[str, Any]:
+    found = [t for t in spec["data"] if t.get("name") == name]
+    assert len(found) == 1, [t.get("name") for t in spec["data"]]
+    return found[0]
 
 
 # ---- every page, empty and seeded ------------------------------------------------------------
@@ -147,6 +195,20 @@ def test_launch_submits_a_run_that_shows_in_runs(empty_lake: Path) -> None:
     assert table.loc[table["run_id"] == ids[0], "name"].item() == "tiny launch test"
 
 
+def test_launch_offers_representation_gradients_for_gramian_balancers(empty_lake: Path) -> None:
+    at = _open(_app(), "launch")
+    assert not [r for r in at.radio if r.key == "launch_gradients"]  # ew: not offered
+    at.selectbox(key="launch_balancer").select("mgda").run()
+    at.radio(key="launch_gradients").set_value("representation").run()
+    at.button(key="launch_run").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    lake = Lake(empty_lake)
+    (rid,) = lake.run_ids()
+    assert lake.config(rid)["gradients"] == "representation"
+    at.selectbox(key="launch_balancer").select("gradnorm").run()
+    assert not [r for r in at.radio if r.key == "launch_gradients"]
+
+
 def test_launch_explains_invalid_choices_before_submitting(empty_lake: Path) -> None:
     at = _open(_app(), "launch")
     at.number_input(key="ds:synthetic-correlation:n_tasks").set_value(5).run()
@@ -178,11 +240,73 @@ def test_launch_fixed_weights_and_sweep(empty_lake: Path) -> None:
     assert lake.config(rid)["balancer_params"]["weights"] == pytest.approx({"task_1": 0.8, "task_2": 0.2})
 
     at.slider(key="sweep_res").set_value(2).run()
+    assert at.toggle(key="sweep_population").value is True  # batchable: one population by default
     at.button(key="launch_sweep").click().run()
     assert not at.exception
-    sweep = [lake.config(r) for r in lake.run_ids() if r != rid]
+    members = [r for r in lake.run_ids() if r != rid]
+    sweep = [lake.config(r) for r in members]
     assert len(sweep) == 3 and len({c["sweep_id"] for c in sweep}) == 1
     assert sorted(c["balancer_params"]["weights"]["task_1"] for c in sweep) == [0.0, 0.5, 1.0]
+    from engine.jobs import job_of
+
+    jobs = {job_of(lake, r) for r in members}
+    assert len(jobs) == 1 and next(iter(jobs)).kind == "population"  # one job: the worker trains it
+    assert {lake.status(r)["state"] for r in members} == {"queued"}
+    assert "as one population job" in _texts(at)
+    assert _qp(at, "sweep") == sweep[0]["sweep_id"]
+
+    # turned off: separate runs, each saying why in its log
+    at.toggle(key="sweep_population").set_value(False).run()
+    at.button(key="launch_sweep").click().run()
+    separate = [r for r in lake.run_ids() if r != rid and r not in members]
+    assert len(separate) == 3 and {job_of(lake, r).kind for r in separate} == {"run"}
+    assert lake.events([separate[0]])["text"].str.contains("not as part of a batched population").any()
+
+
+def test_launch_explains_why_a_sweep_is_not_one_population(
+    empty_lake: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import engine.population
+    from dashboard import queries
+
+    # every registered architecture batches on the default dataset: stand in for one that does not
+    monkeypatch.setattr(engine.population, "batch_problem", lambda cfgs: "it does not run under vmap")
+    queries._batch_problem.clear()
+    try:
+        at = _open(_app(), "launch")
+        at.slider(key="sweep_res").set_value(2).run()
+        assert at.toggle(key="sweep_population_off").disabled
+        assert "will train as separate runs: it does not run under vmap" in _texts(at)
+        at.button(key="launch_sweep").click().run()
+        lake = Lake(empty_lake)
+        assert len(lake.run_ids()) == 3
+        assert lake.events([lake.run_ids()[0]])["text"].str.contains("it does not run under vmap").any()
+    finally:
+        queries._batch_problem.clear()
+
+
+def test_launch_trains_a_preference_conditioned_model(empty_lake: Path) -> None:
+    at = _open(_app(), "launch")
+    at.number_input(key="cosmos:alpha").set_value(0.0).run()
+    assert any("cosmos.alpha" in str(e.value) for e in at.error)
+    assert at.button(key="launch_cosmos").disabled
+    at.number_input(key="cosmos:alpha").set_value(2.0).run()
+    at.number_input(key="cosmos:lam").set_value(0.5).run()
+    assert not at.button(key="launch_cosmos").disabled
+    at.button(key="launch_cosmos").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    lake = Lake(empty_lake)
+    (rid,) = lake.run_ids()
+    from engine.jobs import job_of
+    from engine.recorder import read_json_dict
+
+    assert job_of(lake, rid).kind == "cosmos" and lake.status(rid)["state"] == "queued"
+    assert read_json_dict(lake.run_dir(rid) / "cosmos.json")["alpha"] == 2.0
+    cfg = lake.config(rid)
+    assert "cosmos" in cfg["tags"] and cfg["balancer"] == "ew" and cfg["name"].startswith("COSMOS")
+    assert "as a COSMOS training job" in _texts(at) and _qp(at, "runs") == rid
+    _open(at, "runs")  # it shows in Runs like any run
+    assert rid in set(at.dataframe[0].value["run_id"])
 
 
 # ---- Home presets ------------------------------------------------------------------------------
@@ -329,6 +453,44 @@ def test_pareto_sweep_and_parallel_coordinates(seeded_lake: Path) -> None:
     at2 = _open(_app(), "pareto", dataset="recsys-sim")
     kinds = [t["type"] for f in _figures(at2) for t in f["data"]]
     assert "parcoords" in kinds  # 3 tasks -> parallel coordinates too
+
+
+def test_pareto_preference_slider_moves_a_point_along_the_learned_front(cosmos_lake: Path) -> None:
+    lake = Lake(cosmos_lake)
+    (cid,) = [r for r in lake.run_ids() if "cosmos" in lake.config(r)["tags"]]
+    at = _open(_app(), "pareto", dataset="synthetic-correlation", sweep="sweep-factory")
+    assert _qp(at, "cosmos") == cid and _qp(at, "x") == "task_1/mse" and _qp(at, "y") == "task_2/mse"
+    spec = _figures(at)[0]
+    curve = _trace(spec, "learned front (COSMOS)")
+    xs, ys = _arr(curve["x"]), _arr(curve["y"])
+    assert len(xs) == len(ys) == 21 and len(set(xs)) > 10  # the front, on a grid of preferences
+    star = _trace(spec, "your preference")
+    before = (_arr(star["x"])[0], _arr(star["y"])[0])
+    assert star["meta"]["preference"] == {"task_1": 0.5, "task_2": 0.5}
+    assert before == pytest.approx((xs[10], ys[10]), rel=1e-6)  # on the curve, at preference 0.5
+    # the sweep's points are there too; the COSMOS run is drawn as its front, not as a point
+    points = [row[0] for t in spec["data"] if t.get("customdata") for row in t["customdata"]]
+    assert len(points) == 4 and cid not in points
+    assert "Your preference" in _texts(at) and "task_1 0.50 · task_2 0.50" in _texts(at)
+    # a model whose preference works backwards on an axis (COSMOS's cosine penalty) says so
+    # mse: lower is better; the curve runs from preference (1, 0) to (0, 1); 2% tolerance
+    backwards = xs[0] - xs[-1] > 0.02 * abs(xs[-1]) or ys[-1] - ys[0] > 0.02 * abs(ys[0])
+    assert ("the preference works backwards" in _texts(at)) == backwards
+
+    at.slider(key=f"pareto_pref:{cid}").set_value(0.9).run()
+    assert not at.exception
+    spec = _figures(at)[0]
+    star = _trace(spec, "your preference")
+    after = (_arr(star["x"])[0], _arr(star["y"])[0])
+    assert after != before, "moving the slider moves the highlighted point"
+    assert star["meta"]["preference"] == {"task_1": 0.9, "task_2": 0.1}
+    assert after == pytest.approx((xs[2], ys[2]), rel=1e-6)  # on the curve, at preference 0.9
+    assert "task_1 0.90 · task_2 0.10" in _texts(at)
+
+    # no learned front when the axes are not the model's tasks' metrics: "none" hides it
+    at.selectbox(key="sel:pareto_cosmos").select("").run()
+    names = [t.get("name") for t in _figures(at)[0]["data"]]
+    assert "learned front (COSMOS)" not in names and "your preference" not in names
 
 
 # ---- page-load budget --------------------------------------------------------------------------

@@ -145,3 +145,80 @@ def test_preset_live_pareto_and_screenshots(server: dict[str, Any], page: Any) -
 
 def test_health_endpoint(server: dict[str, Any]) -> None:
     assert _healthy(server["url"])
+
+
+def _star(pg: Any) -> list[float] | None:
+    """(x, y) of the Pareto chart's highlighted preference point, or None when it is not drawn."""
+    return pg.evaluate(
+        """() => {
+            const el = document.querySelector('.stPlotlyChart .js-plotly-plot');
+            if (!el || !el._fullData) return null;
+            const t = el._fullData.find(tr => tr.name === 'your preference');
+            return t ? [t.x[0], t.y[0]] : null;
+        }"""
+    )
+
+
+def test_cosmos_from_launch_then_the_pareto_preference_slider(server: dict[str, Any], page: Any) -> None:
+    """Launch queues a preference-conditioned model (COSMOS) for the app's worker; once trained, the
+    Pareto page draws its learned front and the slider moves the ★ along it."""
+    url, home = server["url"], server["home"]
+    pg = page
+    before = set(_lake_states(home))
+    pg.goto(url + "/launch")
+    _wait_app_idle(pg)
+    # the quick preset's data and training settings, so the learned front sits next to its runs
+    pg.get_by_text("Dataset parameters").click()
+    for label, value in (
+        ("N Samples", "3000"),
+        ("Dim", "16"),
+        ("Correlation", "-0.6"),
+        ("N Sines", "4"),
+        ("Epochs", "30"),
+        ("Batch size", "32"),
+        ("Learning rate", "0.003"),
+        ("Lam", "0.01"),  # a cosine penalty about the size of these small losses
+    ):
+        box = pg.get_by_label(label, exact=True)
+        box.fill(value)
+        box.press("Enter")
+        _wait_app_idle(pg)
+    _shot(pg, "launch-cosmos")
+    pg.get_by_role("button", name="Train a preference-conditioned model").click()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and "as a COSMOS training job" not in pg.inner_text("body"):
+        time.sleep(0.3)
+    assert "as a COSMOS training job" in pg.inner_text("body")
+    (cid,) = set(_lake_states(home)) - before
+    deadline = time.monotonic() + 150  # the worker trains it (its own process, supervised)
+    while time.monotonic() < deadline and _lake_states(home)[cid] not in ("finished", "failed", "cancelled"):
+        time.sleep(0.5)
+    assert _lake_states(home)[cid] == "finished"
+
+    pg.goto(url + "/pareto?dataset=synthetic-correlation")
+    _wait_app_idle(pg)
+    _assert_no_error(pg, "pareto with a learned front")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _star(pg) is None:
+        time.sleep(0.3)
+    first = _star(pg)
+    assert first is not None, "no highlighted preference point on the Pareto chart"
+    time.sleep(1.0)
+    _shot(pg, "pareto-preference")
+    thumb = pg.locator('[data-testid="stSlider"] input[type="range"]').first
+    thumb.focus()
+    for _ in range(6):  # 0.5 -> 0.8 in steps of 0.05
+        thumb.press("ArrowRight")
+    deadline = time.monotonic() + 20
+    moved = first
+    while time.monotonic() < deadline:
+        moved = _star(pg) or first
+        if moved != first:
+            break
+        time.sleep(0.3)
+    assert moved != first, "moving the preference slider did not move the highlighted point"
+    _wait_app_idle(pg)
+    assert "task_1 0.80 · task_2 0.20" in pg.inner_text("body")
+    _assert_no_error(pg, "pareto after moving the slider")
+    time.sleep(1.0)
+    _shot(pg, "pareto-preference-moved")

@@ -5,6 +5,11 @@ for three or more objectives.
 Like optuna's `_pareto_front.py`: `pareto_info` (data -> ParetoInfo) then `pareto_figure`
 (ParetoInfo -> Figure), each pure. Every point carries `customdata = [run_id, front flag]` so a
 click can be mapped back to its run; the front trace is named "Pareto front".
+
+A preference-conditioned model (COSMOS) adds its learned front: `learned_front_info` (the
+model's metrics on a grid of preferences, and at the chosen preference -> LearnedFrontInfo),
+drawn by `pareto_figure(..., learned=...)` as a curve ("learned front (COSMOS)") with the chosen
+preference highlighted ("your preference").
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ from engine.pareto import (
 
 FRONT_TRACE = "Pareto front"
 REFERENCE_TRACE = "reference point"
+LEARNED_TRACE = "learned front (COSMOS)"
+PREFERENCE_TRACE = "your preference"
+PREF_PREFIX = "pref/"
 ON_FRONT = "non-dominated"
 DOMINATED = "dominated"
 DOMINATED_OPACITY = 0.3
@@ -128,13 +136,184 @@ def pareto_info(
     return info
 
 
+@dataclass
+class LearnedFrontInfo:
+    """A COSMOS run's learned front on the axes (x, y) and the point of one preference."""
+
+    run_id: str
+    label: str
+    tasks: list[str]
+    curve: pd.DataFrame  # x, y, text: one row per grid preference, in preference order
+    connected: bool  # two tasks: the front is a curve; more: a cloud of points
+    point: tuple[float, float] | None = None
+    preference: dict[str, float] = field(default_factory=dict)
+    values: dict[str, float] = field(default_factory=dict)  # '<task>/<metric>' -> value at the point
+    # (axis, value at preference 0, at preference 1) where a task gets worse as its preference grows
+    inverted: list[tuple[str, float, float]] = field(default_factory=list)
+
+
+def preference_text(pref: Mapping[str, float]) -> str:
+    """'task_1 0.30 · task_2 0.70'."""
+    return " · ".join(f"{t} {float(v):.2f}" for t, v in pref.items())
+
+
+def preference_grid(n_tasks: int, points: int = 21) -> tuple[tuple[float, ...], ...]:
+    """Preferences the learned front is drawn at: `points` evenly spaced for two tasks (the first
+    task's weight from 1 to 0), else the simplex lattice with at most about `points` points."""
+    from dashboard.figures.simplex import simplex_grid
+
+    if n_tasks < 2:
+        return ((1.0,),)
+    if n_tasks == 2:
+        return tuple((round(1 - k / (points - 1), 6), round(k / (points - 1), 6)) for k in range(points))
+    res = 1
+    while len(simplex_grid(n_tasks, res + 1)) <= points:
+        res += 1
+    return tuple(simplex_grid(n_tasks, res))
+
+
+def preference_inversions(
+    front: pd.DataFrame, columns: Sequence[str], tolerance: float = 0.02
+) -> list[tuple[str, float, float]]:
+    """(column, value at the lowest, value at the highest preference for its task) for each
+    '<task>/<metric>' column whose metric is worse where the model's preference for the task is
+    highest, by more than `tolerance` of its value (COSMOS's cosine penalty pulls the losses
+    towards the preference ray; when it outweighs the weighted losses, a preference works
+    backwards)."""
+    out: list[tuple[str, float, float]] = []
+    for col in columns:
+        pc = f"{PREF_PREFIX}{col.rsplit('/', 1)[0]}"
+        if col not in front or pc not in front or front.empty:
+            continue
+        vals = pd.to_numeric(front[col], errors="coerce")
+        prefs = pd.to_numeric(front[pc], errors="coerce")
+        if vals.isna().all() or prefs.isna().all() or prefs.max() == prefs.min():
+            continue
+        hi, lo = float(vals[prefs.idxmax()]), float(vals[prefs.idxmin()])
+        worse = lo - hi if direction_of(col) else hi - lo
+        if np.isfinite(worse) and worse > tolerance * max(abs(lo), 1e-12):
+            out.append((col, lo, hi))
+    return out
+
+
+def learned_front_info(
+    front: pd.DataFrame,
+    x: str,
+    y: str,
+    point: pd.DataFrame | Mapping[str, float] | None = None,
+    run_id: str = "",
+    label: str = "",
+) -> LearnedFrontInfo | None:
+    """The learned front (`engine.cosmos.learned_front` rows: `pref/<task>` and `<task>/<metric>`
+    columns) on the axes x and y, and the row of the chosen preference `point` (same columns).
+    None when the front lacks one of the two metrics."""
+    if front is None or front.empty or x not in front or y not in front:
+        return None
+    tasks = [c[len(PREF_PREFIX) :] for c in front.columns if c.startswith(PREF_PREFIX)]
+    df = front.copy()
+    if tasks:
+        df = df.sort_values([f"{PREF_PREFIX}{t}" for t in tasks], ascending=False, kind="stable")
+    xs = pd.to_numeric(df[x], errors="coerce").to_numpy(dtype=float)
+    ys = pd.to_numeric(df[y], errors="coerce").to_numpy(dtype=float)
+    texts = [preference_text({t: row[f"{PREF_PREFIX}{t}"] for t in tasks}) for _, row in df.iterrows()]
+    ok = np.isfinite(xs) & np.isfinite(ys)
+    curve = pd.DataFrame({"x": xs[ok], "y": ys[ok], "text": np.asarray(texts, dtype=object)[ok]})
+    info = LearnedFrontInfo(run_id, label or run_id, tasks, curve.reset_index(drop=True), len(tasks) == 2)
+    info.inverted = preference_inversions(front, list(dict.fromkeys([x, y])))
+    if isinstance(point, pd.DataFrame):
+        point = point.iloc[0].to_dict() if not point.empty else None
+    if point:
+        row = dict(point)
+        pref_cols = {t: f"{PREF_PREFIX}{t}" for t in tasks}
+        info.preference = {t: float(row[c]) for t, c in pref_cols.items() if c in row}
+        info.values = {
+            k: float(v)
+            for k, v in row.items()
+            if "/" in k and not k.startswith(PREF_PREFIX) and isinstance(v, int | float) and v == v
+        }
+        px, py = info.values.get(x), info.values.get(y)
+        if px is not None and py is not None and np.isfinite(px) and np.isfinite(py):
+            info.point = (px, py)
+    return info
+
+
+def learned_point_text(learned: LearnedFrontInfo) -> str:
+    """'task_1 0.70 · task_2 0.30 → task_1: mse 0.81, mae 0.7 · task_2: mse 0.9' (no losses)."""
+    per_task: dict[str, list[str]] = {}
+    for col, v in learned.values.items():
+        task, metric = col.rsplit("/", 1)
+        if metric != "loss":
+            per_task.setdefault(task, []).append(f"{metric} {v:.4g}")
+    shown = " · ".join(f"{t}: {', '.join(ms)}" for t, ms in per_task.items())
+    return f"{preference_text(learned.preference)} → {shown}"
+
+
+def inversion_text(learned: LearnedFrontInfo, lam: object = "?") -> str:
+    """Why the slider works backwards for some task of this model, with the numbers ("" if not)."""
+    if not learned.inverted:
+        return ""
+    parts = [
+        f"{col.replace('/', ' ')} {lo:.4g} at preference 0 → {hi:.4g} at preference 1"
+        for col, lo, hi in learned.inverted
+    ]
+    return (
+        "In this model a larger preference for a task does not make it better: "
+        + "; ".join(parts)
+        + f". COSMOS's cosine penalty (λ = {lam}) pulls the losses towards the preference ray, a larger "
+        "loss where the preference is larger; when it outweighs the preference-weighted losses (small "
+        "losses, large λ), the preference works backwards. A smaller λ lets it act as a weight."
+    )
+
+
+def _add_learned(fig: go.Figure, info: ParetoInfo, learned: LearnedFrontInfo) -> None:
+    hover = f"%{{text}}<br>{info.x}: %{{x:.4g}}<br>{info.y}: %{{y:.4g}}<extra>COSMOS</extra>"
+    if not learned.curve.empty:
+        fig.add_trace(
+            go.Scatter(
+                x=learned.curve["x"],
+                y=learned.curve["y"],
+                mode="lines+markers" if learned.connected else "markers",
+                name=LEARNED_TRACE,
+                text=learned.curve["text"],
+                line={"color": "#d62728", "width": 2},
+                marker={"color": "#d62728", "size": 5, "opacity": 0.7},
+                hovertemplate="preference " + hover,
+                meta={"cosmos": learned.run_id},
+            )
+        )
+    if learned.point is not None:
+        fig.add_trace(
+            go.Scatter(
+                x=[learned.point[0]],
+                y=[learned.point[1]],
+                mode="markers",
+                name=PREFERENCE_TRACE,
+                text=[preference_text(learned.preference)],
+                marker={
+                    "symbol": "star",
+                    "size": 22,
+                    "color": "#d62728",
+                    "line": {"color": "black", "width": 1.5},
+                },
+                hovertemplate="your preference: " + hover,
+                meta={"cosmos": learned.run_id, "preference": learned.preference},
+            )
+        )
+
+
 def _axis_title(column: str, higher: bool) -> str:
     return f"{column.replace('/', ' ')} ({'↑' if higher else '↓'} better)"
 
 
-def pareto_figure(info: ParetoInfo, selected: str | None = None, height: int = 480) -> go.Figure:
-    """Scatter of runs: front points solid, dominated ones faded; the front as a step line."""
-    if info.points.empty:
+def pareto_figure(
+    info: ParetoInfo,
+    selected: str | None = None,
+    height: int = 480,
+    learned: LearnedFrontInfo | None = None,
+) -> go.Figure:
+    """Scatter of runs: front points solid, dominated ones faded; the front as a step line. With
+    `learned`, a COSMOS model's learned front as a curve and the chosen preference as a star."""
+    if info.points.empty and learned is None:
         return empty_figure("no runs with both metrics yet")
     fig = go.Figure()
     colors = color_map(sorted(info.points["group"].unique()))
@@ -214,13 +393,20 @@ def pareto_figure(info: ParetoInfo, selected: str | None = None, height: int = 4
                     marker={"size": 22, "symbol": "circle-open", "color": "#ff7f0e", "line": {"width": 3}},
                 )
             )
+    if learned is not None:
+        _add_learned(fig, info, learned)
     hv = f" · hypervolume {info.hypervolume:.4g}" if info.hypervolume is not None else ""
     n_front = int(info.points["on_front"].sum())
+    title = f"{n_front} of {len(info.points)} runs on the front{hv}"
+    if info.points.empty and learned is not None:
+        title = f"learned front of {learned.label}"
+    elif learned is not None:
+        title += " · with the learned front (COSMOS)"
     fig.update_xaxes(title_text=_axis_title(info.x, info.hib_x))
     fig.update_yaxes(title_text=_axis_title(info.y, info.hib_y))
     return apply_layout(
         fig,
-        f"{n_front} of {len(info.points)} runs on the front{hv}",
+        title,
         height,
         legend={"orientation": "v", "x": 1.02, "y": 1, "yanchor": "top"},
         margin={"l": 60, "r": 20, "t": 50, "b": 50},
@@ -349,14 +535,23 @@ def metric_columns(runs: pd.DataFrame) -> list[str]:
 __all__ = [
     "DOMINATED",
     "FRONT_TRACE",
+    "LEARNED_TRACE",
     "ON_FRONT",
+    "PREFERENCE_TRACE",
+    "LearnedFrontInfo",
     "ParallelInfo",
     "ParetoInfo",
+    "inversion_text",
+    "learned_front_info",
+    "learned_point_text",
     "metric_columns",
     "metric_title",
     "parallel_figure",
     "parallel_info",
     "pareto_figure",
     "pareto_info",
+    "preference_grid",
+    "preference_inversions",
+    "preference_text",
     "run_at",
 ]
