@@ -3,11 +3,14 @@
 Workload: the issue's MMoE (3 tasks, 100 inputs, 4 experts 100-64-32, towers 32-16-1, batch 1024,
 Adam), 16 weight vectors (simplex grid), the same epochs for every run. Three things are timed in
 one process, interleaved round by round: one `train()` run; the 16 runs one after another
-(`train()` each); the 16 as one population (`train_population`). All in-process with writers that
-keep rows in memory, so the numbers are the training engine's, not the disk's. Also: one training
-step of the population against one step of one model (with GFLOP/s from torch's FLOP counter),
-and the population's step tensor peak against the memory budget (16 x parameters, gradients
-and Adam state + 16 x one model's step activations).
+(`train()` each); the 16 as one population (`train_population`, on its hand-batched route for
+MMoE, `engine.stacked`). All in-process with writers that keep rows in memory, so the numbers are
+the training engine's, not the disk's. Also: one training step of the population against one
+step of one model (with GFLOP/s from torch's FLOP counter), the same single-model step on a
+16 x larger batch (what 16 models' arithmetic costs in PyTorch's own kernels once per-step
+overhead is amortised: the floor a population of separate-parameter members approaches on a
+CPU), and the population's step tensor peak against the memory budget (16 x parameters,
+gradients and Adam state + 16 x one model's step activations).
 
     python bench/bench_population.py            # writes its section of bench/RESULTS.md
     python bench/bench_population.py --rounds 1 --epochs 1 --no-write
@@ -48,14 +51,16 @@ def configs(epochs: int, threads: int, k: int = K) -> list:  # type: ignore[type
     return plan_sweep(base, weight_vectors(3, k, "random", seed=0)).configs
 
 
-def step_bench(threads: int, rounds: int) -> dict[str, float]:
-    """One population step vs one single-model step (same batch), and their FLOPs."""
+def step_bench(threads: int, rounds: int) -> tuple[dict[str, float], str]:
+    """One population step vs one single-model step (same batch), and their FLOPs; also one model's
+    step on a K times larger batch (K models' arithmetic in PyTorch's own kernels)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from engine.config import load_config
     from engine.datasets import load_dataset
     from engine.models import build_model
-    from engine.population import PopulationModel
+    from engine.population import PopulationModel, population_optimizer
 
     data = load_dataset(WORKLOAD["dataset"], WORKLOAD["dataset_params"], 0)
     idx = torch.arange(WORKLOAD["batch_size"])
@@ -71,8 +76,22 @@ def step_bench(threads: int, rounds: int) -> dict[str, float]:
     single = models[0]
     opt1 = torch.optim.Adam(single.parameters(), lr=1e-3)
     pop = PopulationModel(models[:K])
-    optk = torch.optim.Adam(list(pop.params.values()), lr=1e-3)
+    optk = population_optimizer(load_config({**WORKLOAD, "threads": threads}), pop.optim_tensors())
     W = torch.rand(K, 3)
+    torch.manual_seed(0)
+    big_model = build_model(WORKLOAD["arch"], data.features, data.tasks, WORKLOAD["arch_params"])
+    opt_big = torch.optim.Adam(big_model.parameters(), lr=1e-3)
+    big_idx = torch.arange(K * WORKLOAD["batch_size"]) % len(data.train)
+    big = (
+        {k: v[big_idx] for k, v in data.train.features.items()},
+        {k: v[big_idx] for k, v in data.train.targets.items()},
+    )
+
+    def one_big() -> None:
+        ld = big_model.task_losses(big_model(big[0]), big[1], {})
+        opt_big.zero_grad(set_to_none=True)
+        torch.stack(list(ld.values())).sum().backward()
+        opt_big.step()
 
     def one() -> None:
         out = single(batch[0])
@@ -90,13 +109,14 @@ def step_bench(threads: int, rounds: int) -> dict[str, float]:
     with FlopCounterMode(display=False) as fc:
         one()
     flops1 = fc.get_total_flops()
-    for f in (one, many):
+    for f in (one, many, one_big):
         for _ in range(3):
             f()
-    t1, tk = [], []
+    t1, tk, tb = [], [], []
     for _ in range(rounds):
         t1.append(time_calls(one, 20))
         tk.append(time_calls(many, 5))
+        tb.append(time_calls(one_big, 5))
     p_bytes = sum(p.numel() * p.element_size() for p in single.parameters())
     mem1 = tensor_peak_mb(one)
     memk = tensor_peak_mb(many)
@@ -104,13 +124,16 @@ def step_bench(threads: int, rounds: int) -> dict[str, float]:
         "t1": median(t1),
         "tk": median(tk),
         "ratio": median([b / a for a, b in zip(t1, tk, strict=True)]),
+        "tbig": median(tb),
+        "ratio_big": median([b / a for a, b in zip(t1, tb, strict=True)]),
+        "gflopsbig": K * flops1 / median(tb) / 1e9,
         "gflops1": flops1 / median(t1) / 1e9,
         "gflopsk": K * flops1 / median(tk) / 1e9,
         "flops1": flops1,
         "mem1": mem1,
         "memk": memk,
         "param_mb": p_bytes / 2**20,
-    }
+    }, pop.route
 
 
 def main() -> None:
@@ -149,7 +172,7 @@ def main() -> None:
         print(
             f"round {r + 1}: one {a:.2f} s, 16 sequential {b:.2f} s, population {c_:.2f} s", file=sys.stderr
         )
-    steps = step_bench(args.threads, max(3, args.rounds))
+    steps, route = step_bench(args.threads, max(3, args.rounds))
     info["load average at end"] = load_avg()
     n_train = int(WORKLOAD["dataset_params"]["n_samples"] * 0.7)
     steps_per_run = args.epochs * -(-n_train // WORKLOAD["batch_size"])
@@ -175,7 +198,7 @@ def main() -> None:
         f"{steps_per_run // args.epochs} steps (batch 1024) per run, validation every epoch, "
         f"test at the end, "
         f"gradient statistics every 10 steps; {args.rounds} interleaved rounds, medians; ratios against "
-        f"one run in the same round.\n\n"
+        f"one run in the same round. Population route: {route}.\n\n"
     )
     text += table(rows, ["what", "wall s", "vs one run", "target"])
     text += "\n\nOne training step (same batch):\n\n"
@@ -194,6 +217,13 @@ def main() -> None:
                 f"{steps['ratio']:.2f}x",
                 f"{steps['gflopsk']:.0f}",
                 f"{steps['memk']:.1f}",
+            ],
+            [
+                "one model, 16 x batch (16 models' arithmetic)",
+                f"{steps['tbig'] * 1e3:.2f}",
+                f"{steps['ratio_big']:.2f}x",
+                f"{steps['gflopsbig']:.0f}",
+                "",
             ],
         ],
         ["step", "ms", "vs one model", "GFLOP/s", "step tensor peak MB"],

@@ -18,7 +18,9 @@ from engine.gradients import jacobian
 from engine.models import MODELS
 from engine.models.base import MLP, ModelParams, MTLModel
 from engine.population import (
+    PopulationError,
     PopulationModel,
+    _batched_metric,
     batch_problem,
     config_problem,
     error_of,
@@ -74,12 +76,16 @@ def _max_param_diff(a: nn.Module, b: nn.Module) -> float:
 # ------------------------------------------------------------------------- equivalence
 
 
-@pytest.mark.parametrize("arch", ["mmoe", "shared-bottom"])
-def test_each_member_equals_a_separately_trained_run(arch: str) -> None:
+@pytest.mark.parametrize(
+    ("arch", "route"),
+    [("mmoe", "auto"), ("omoe", "auto"), ("shared-bottom", "auto"), ("mmoe", "vmap")],
+)
+def test_each_member_equals_a_separately_trained_run(arch: str, route: str) -> None:
+    # "auto" takes the hand-batched route (engine.stacked) for these three; "vmap" the general one
     weights = [{"task_1": 0.2, "task_2": 0.8}, {"task_1": 1.0, "task_2": 0.0}]
     cfgs = [_cfg(w, arch=arch, seed=s) for w in weights for s in (0, 3)]  # two seeds: per-member data
     writers = [NullWriter() for _ in cfgs]
-    results = train_population(cfgs, writers)
+    results = train_population(cfgs, writers, route=route)
     for k, cfg in enumerate(cfgs):
         alone_w = NullWriter()
         alone = train(cfg, alone_w)
@@ -108,6 +114,85 @@ def test_each_member_equals_a_separately_trained_run(arch: str) -> None:
         np.testing.assert_allclose([x[3] for x in ga], [x[3] for x in gb], atol=1e-4)
 
 
+@pytest.mark.parametrize("arch", ["mmoe", "shared-bottom"])
+def test_hand_batched_members_with_embeddings_and_label_masks_equal_separate_runs(arch: str) -> None:
+    # recsys-sim: categorical features (per-member embedding tables), binary tasks, and with
+    # label_space "clicked" label masks; one seed, so all members share each batch
+    data = {"n_users": 50, "n_items": 40, "n_impressions": 2000, "label_space": "clicked"}
+    base = {**TINY, "dataset": "recsys-sim", "dataset_params": data, "max_steps_per_epoch": 4}
+    tasks = ["click", "cart", "purchase"]
+    cfgs = [
+        _cfg(dict(zip(tasks, w, strict=True)), **{**base, "arch": arch, "grad_stats_every": 2})
+        for w in ([1.0, 0.5, 0.2], [0.1, 0.1, 1.0])
+    ]
+    assert all(c.dataset == "recsys-sim" for c in cfgs)
+    writers = [NullWriter() for _ in cfgs]
+    results = train_population(cfgs, writers)
+    for k, cfg in enumerate(cfgs):
+        alone_w = NullWriter()
+        alone = train(cfg, alone_w)
+        assert alone.model is not None and results[k].model is not None
+        assert _max_param_diff(alone.model, results[k].model) < 1e-5
+        for task, vals in alone.test.items():
+            for metric, v in vals.items():  # AUC is NaN where a masked test set has one class
+                assert results[k].test[task][metric] == pytest.approx(v, rel=1e-4, abs=1e-6, nan_ok=True)
+        ga = [r.cosine for r in writers[k].grad_rows[-1][1]]
+        gb = [r.cosine for r in alone_w.grad_rows[-1][1]]
+        np.testing.assert_allclose(ga, gb, atol=1e-4)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_the_fused_optimiser_matches_the_separate_runs_optimiser(optimizer: str) -> None:
+    cfgs = [
+        _cfg(w, arch="mmoe", optimizer=optimizer, lr=0.01, weight_decay=0.01, epochs=1)
+        for w in ({"task_1": 0.3, "task_2": 0.7}, {"task_1": 1.0, "task_2": 0.0})
+    ]
+    for cfg, member in zip(cfgs, train_population(cfgs), strict=True):
+        alone = train(cfg)
+        assert member.model is not None and alone.model is not None
+        assert _max_param_diff(alone.model, member.model) < 1e-5
+
+
+def test_the_hand_batched_route_is_taken_where_it_applies(branchy: str) -> None:
+    from engine.datasets import load_dataset
+    from engine.models import build_model
+
+    data = load_dataset("synthetic-correlation", {"n_samples": 600, "dim": 8}, 0)
+
+    def pop(arch: str, **params: object) -> PopulationModel:
+        return PopulationModel([build_model(arch, data.features, data.tasks, params) for _ in range(3)])
+
+    for arch in ("mmoe", "omoe", "shared-bottom"):
+        p = pop(arch)
+        assert p.route == "hand-batched"
+        # the leaves hold exactly each member's state_dict
+        models = [build_model(arch, data.features, data.tasks, {}) for _ in range(3)]
+        p = PopulationModel(models)
+        for k, m in enumerate(models):
+            st = p.member_state(k)
+            assert set(st) == set(m.state_dict())
+            assert all(torch.equal(st[n], v) for n, v in m.state_dict().items())
+    assert pop("mmoe", dropout=0.1).route == "vmap"  # dropout: not hand-batched
+    assert pop("cgc").route == "vmap"
+    assert pop(branchy).route == "vmap"
+    assert PopulationModel([build_model("mmoe", data.features, data.tasks, {})], fast=False).route == "vmap"
+
+
+def test_batched_metrics_equal_the_metric_functions() -> None:
+    from engine import metrics as M
+
+    rng = np.random.default_rng(0)
+    y = rng.standard_normal(500).astype(np.float32)
+    P = rng.standard_normal((4, 500)).astype(np.float32)
+    yb = (rng.random(500) > 0.5).astype(np.float32)
+    Pb = rng.random((4, 500)).astype(np.float32)
+    for metric, yy, PP in (("mse", y, P), ("mae", y, P), ("accuracy", yb, Pb)):
+        got = _batched_metric(metric, yy, PP)
+        assert got is not None
+        assert got == pytest.approx([M.compute(metric, yy, PP[i]) for i in range(4)], rel=1e-6)
+    assert _batched_metric("auc", yb, Pb) is None  # computed member by member
+
+
 def test_members_stop_early_on_their_own_like_separate_runs() -> None:
     # a large step size overfits 420 rows quickly; patience 1 stops each member when it stops gaining
     cfgs = [
@@ -133,7 +218,8 @@ def test_a_diverging_member_fails_alone() -> None:
     assert good.state == "finished" and good.test and error_of(good) == ""
 
 
-def test_shared_jacobians_equal_each_members_own_jacobian() -> None:
+@pytest.mark.parametrize("fast", [True, False])
+def test_shared_jacobians_equal_each_members_own_jacobian(fast: bool) -> None:
     from engine.datasets import load_dataset
     from engine.models import build_model
 
@@ -142,7 +228,8 @@ def test_shared_jacobians_equal_each_members_own_jacobian() -> None:
     for s in (0, 1, 2):
         torch.manual_seed(s)
         models.append(build_model("mmoe", data.features, data.tasks, {}))
-    pop = PopulationModel(models)
+    pop = PopulationModel(models, fast=fast)
+    assert pop.route == ("hand-batched" if fast else "vmap")
     idx = torch.arange(32)
     batch = (
         {k: v[idx] for k, v in data.train.features.items()},
@@ -203,6 +290,33 @@ def test_an_unbatchable_architecture_is_detected(branchy: str) -> None:
     why = batch_problem([_cfg(arch=branchy)])
     assert why is not None and "vmap" in why and branchy in why
     assert batch_problem([_cfg(arch="mmoe")]) is None
+
+
+class _OwnTraining(MODELS["shared-bottom"]):  # type: ignore[misc,valid-type]
+    """A model with its own training procedure (as MetaHeac's episodic meta-training)."""
+
+    name: ClassVar[str] = "own-training-test"
+
+    def training_losses(
+        self, feats: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        return {t: 2.0 * v for t, v in super().training_losses(feats, targets, masks).items()}
+
+
+def test_an_architecture_with_its_own_training_losses_is_not_batched(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setitem(MODELS, "own-training-test", _OwnTraining)
+    why = batch_problem([_cfg(arch="own-training-test")])
+    assert why is not None and "training_losses" in why and "own-training-test" in why
+    assert "training_losses" in (batch_problem([_cfg(arch="metaheac")]) or "")
+    with pytest.raises(PopulationError, match="training_losses"):
+        train_population([_cfg(arch="own-training-test")])
+    # a sweep of it falls back to separate runs, which train with the model's own losses
+    lake = Lake(tmp_path / "lake")
+    res = run_sweep({**TINY, "arch": "own-training-test", "epochs": 1}, [[1.0, 0.0], [0.0, 1.0]], lake=lake)
+    assert res.mode == "sequential" and "training_losses" in res.reason
+    assert set(res.states.values()) == {"finished"}
 
 
 # ---------------------------------------------------------------------- weight vectors
