@@ -10,9 +10,10 @@ Dirichlet distribution (`random_simplex`).
 `run_sweep` creates one run per (weights, seed) member in the lake, all sharing one `sweep_id`
 (the Pareto page groups by it), and trains them:
 
-- as one population (`engine.population.train_population`: the K models stacked and run with
-  `torch.func.vmap`, each member logging through its own `RunWriter`), when the balancer has
-  constant weights and the architecture runs under vmap;
+- as one population (`engine.population.train_population`: the K models stacked, hand-batched
+  by `engine.stacked` for shared-bottom, OMoE and MMoE and run under `torch.func.vmap` for the
+  others, each member logging through its own `RunWriter`), when the balancer has constant
+  weights and the architecture can be batched;
 - otherwise as separate runs, in this process one after another or queued for the worker, each
   with an event in its log saying why the population was not possible.
 
