@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 
@@ -30,7 +31,7 @@ from engine.balancers.base import Balancer, BalancerParams, GradientAggregation,
 from engine.balancers.cagrad import cagrad_objective
 from engine.balancers.fixed import Fixed
 from engine.balancers.pcgrad import ZERO_NORM_SQ
-from engine.balancers.solvers import min_norm_simplex, project_simplex
+from engine.balancers.solvers import dual_cone_projection, min_norm_simplex, project_simplex
 
 NAMES = sorted(BALANCERS)
 
@@ -521,6 +522,80 @@ def test_cagrad_objective_gradient_matches_finite_differences() -> None:
     np.testing.assert_allclose(grad(w), fd, rtol=1e-6, atol=1e-8)
     fd2 = np.array([(grad(w + h * e) - grad(w - h * e)) / (2 * h) for e in np.eye(3)])
     np.testing.assert_allclose(hess(w), fd2, rtol=1e-5, atol=1e-7)
+
+
+# Inputs on which CAGrad's direction once depended on the task order (issue #5). The first two:
+# opposite gradients make G singular with a positive null vector, the old NNLS on the Gramian's root
+# let the cone-projection multipliers run off along it (1e11), and lam^T G lam, rounded to 0, let the
+# projection pass as a point of the ball. The others: an opposite pair puts the origin in the hull,
+# where the dual's kink at g_w = 0 stalled the iterative solver on a g_w of rounding size, with a
+# gradient 1e-8 times smaller than the rest or (c = 1) a dual optimum flat along a ray.
+CAGRAD_ORDER_CASES = [
+    ([[1.25, 1.0], [10.0, 0.0], [-1.625, 0.0]], 0.4),
+    (
+        [
+            [3.1330414240796203e-207, 0.13493412124941193],
+            [-0.420881057836282, 3.1330414240796203e-207],
+            [0.0, -50.514478373655116],
+            [3.1330414240796203e-207, 0.8118739327793592],
+        ],
+        0.4,
+    ),
+    ([[150.0, 200.0, -100.0, -50.0], [1e-05, 0.0, 0.0, 1e-05], [-3.0, -4.0, 2.0, 1.0]], 5.0),
+    ([[0.02, 0.01], [0.0, 1.0], [20.0, 20.0], [0.0, -2e-07]], 2.0),
+    (
+        [
+            [-5e-7, 2e-6, 3e-6, -2e-6, -3e-6],
+            [-1.5, 0.75, 2.75, 0, -2.75],
+            [0.225, -0.15, -0.275, -0.15, -0.075],
+            [150.0, -75.0, -275.0, 0.0, 275.0],
+        ],
+        1.0,
+    ),
+]
+
+
+@pytest.mark.parametrize(("rows", "c"), CAGRAD_ORDER_CASES)
+def test_cagrad_direction_does_not_depend_on_the_task_order(rows: list[list[float]], c: float) -> None:
+    J0 = torch.tensor(rows, dtype=torch.float64)
+    T = J0.shape[0]
+    row_scales = itertools.product([0.1, 1.0, 10.0], repeat=T) if T == 3 else [(1.0,) * T]
+    for k in row_scales:
+        J = J0 * torch.tensor(k, dtype=torch.float64)[:, None]
+        d = direction_of(_cagrad(J, c=c)[0], J)
+        M = float(J.norm(dim=1).max())
+        for perm in itertools.permutations(range(T)):
+            Jp = J[list(perm)]
+            dp = direction_of(_cagrad(Jp, c=c)[0], Jp)
+            assert float((dp - d).norm()) <= 1e-9 * max(float(d.norm()), M), (k, perm)
+
+
+def test_dual_cone_projection_keeps_multipliers_bounded_on_a_singular_gramian() -> None:
+    """Opposite gradients (G has a null vector with positive entries) and norms 80 apart: the
+    multipliers of a basic solution are O(1), and lam^T G lam keeps its precision."""
+    J0 = np.array([[1.25, 1.0], [10.0, 0.0], [-1.625, 0.0]]) * np.array([[0.1], [1.0], [1.0]])
+    b = np.full(3, 1.0 / 3.0)
+    g0 = J0.mean(0)
+    expected = np.array([0.0, g0[1]])  # the cone is {d : d_x = 0, d_y >= 0}
+    for perm in itertools.permutations(range(3)):
+        J = J0[list(perm)]
+        G = J @ J.T
+        for Gs in (G, G / np.max(np.diag(G))):
+            lam = dual_cone_projection(Gs, b)
+            assert (lam >= 0).all() and lam.max() < 10.0
+            np.testing.assert_allclose((b + lam) @ J, expected, atol=1e-14)
+            np.testing.assert_allclose(lam @ G @ lam, g0[0] ** 2, rtol=1e-12)
+
+
+def test_upgrad_with_duplicated_and_opposite_gradients_conflicts_with_no_task() -> None:
+    """Three equal gradients, one nearly opposite, one a little off: the old NNLS on the Gramian's
+    root (before the active-set `dual_cone_projection`) left inner products of -0.002 here."""
+    J = torch.full((5, 5), -9.5, dtype=torch.float64)
+    J[2, 0] = -9.40625
+    J[1] = -0.99 * J[0]
+    w = aggregate_on(build("upgrad", 5), J)
+    assert (w >= 0.2 - 1e-12).all()
+    assert_non_conflicting(direction_of(w, J), J)
 
 
 @pytest.mark.parametrize("name", NAMES)

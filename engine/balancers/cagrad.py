@@ -11,13 +11,38 @@ solved on the Gramian (g_w . g0 = w^T G b with b = 1/T, ||g_w||^2 = w^T G w). As
 official code (rescale=1), d is divided by 1 + c^2 when `rescale` is on. Effective weights:
 (b + sqrt(phi)/||g_w|| w) / (1 + c^2), so direction == weights @ J.
 
-Degenerate case: when the dual optimum has g_w = 0 (a task with a zero gradient, or, for
-c >= 1, the origin inside the gradients' convex hull, i.e. a Pareto-stationary point), the
-closed form is undefined; the official code's +1e-8 then returns g0, which can conflict with
-tasks. We take the primal view instead: the optimal worst-case value is then 0, and the
-projection of g0 onto the cone {d : g_i . d >= 0} (an NNLS on the Gramian) attains it inside
-the ball. It is used whenever it lies in the ball and beats the closed form's worst-case inner
-product min_i g_i . d (reported as `cone_projection`); otherwise the closed form stands.
+The weights w* need not be unique (duplicated or dependent gradients), but the update is:
+whenever some optimal g_w is non-zero, every primal optimum maximises g_w . d over the ball,
+and that maximiser is unique. The exception is the degenerate dual, g_w = 0 the only optimum
+(a task with a zero gradient, or the origin in the gradients' convex hull with f >= 0 on the
+rest of it, e.g. c >= 1 at a Pareto-stationary point): the closed form is undefined there (the
+official code's +1e-8 returns g0, which can conflict with tasks; torchjd returns 0, outside the
+ball for c < 1) and a computed g_w is rounding noise. The optimal worst-case value is then 0,
+and we return the projection p of g0 onto the cone {d : g_i . d >= 0} (`dual_cone_projection`,
+an exact active-set NNLS on the cosine matrix): unique, inside the ball, and worst-case value
+0. When the optimal value is exactly 0 with g_w != 0, p is the (unique) primal optimum as well,
+so the switch is continuous wherever the problem is well posed.
+
+Order independence. The switch is decided on the dual value f(w) alone (reported as
+`cone_projection`): degenerate when |f(w)| / ||g0|| <= (1 + c) max(DEGENERATE m_w, VALUE_FLOOR),
+with m_w = sum_t w_t ||g_t|| / max_t ||g_t||. Since |f(w)| <= (1 + c) ||g0|| ||g_w||, the closed
+form is used only when ||g_w|| > 1e-7 m_w, far above the resolution of ||g_w|| from a Gramian
+(sqrt(eps) m_w: rounding in w^T G w is eps m_w^2), and above the solver's absolute accuracy
+(1e-12). An exactly degenerate input (zeros, opposite or duplicated gradients, nice numbers)
+lands at f ~ 1e-8 m_w or below, well inside the band, whatever the task order. Before, the
+switch compared the closed form's worst case with p's and tested ||p - g0|| <= radius through
+lam^T G lam, with lam from scipy's nnls on a square root of G / max(diag G): for opposite
+gradients of different norms those multipliers ran off along G's null space (1e11), lam^T G lam
+rounded to 0 and p was taken for a point of the ball, for some task orders and not others.
+Three more measures keep every step independent of the order: the dual is solved on f / ||g0||
+(scale-free; its solver's tolerances are absolute); the exact min-norm point of the unit
+gradients' hull (MGDA's active set on the cosine matrix) is a candidate, since it reaches the
+kink of f at g_w = 0 when the origin is in the hull, where the iterative solver stalls; a
+gradient with ||g_t||^2 <= 3e-17 of the largest (a norm ratio of 5.5e-9; not a round number, so
+that nice inputs do not sit on it) counts as zero: it adds the origin to the hull (the dual value
+is then min(0, the value over the other gradients), solved over those only) and constrains
+nothing in the cone. Reported w_t: the dual weights, the zero gradients sharing the weight
+equally when the origin is the dual optimum.
 """
 
 from __future__ import annotations
@@ -29,20 +54,22 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from engine.balancers.base import BalancerParams, GradientAggregation, StepContext
-from engine.balancers.solvers import dual_cone_projection, minimize_on_simplex
-from engine.gradients import gramian
+from engine.balancers.base import BalancerParams, GradientAggregation
+from engine.balancers.solvers import dual_cone_projection, min_norm_simplex, minimize_on_simplex
 
-ZERO_GW = 1e-10  # ||g_w|| below this fraction of the largest task-gradient norm counts as zero
+ZERO_NORM_SQ = 3e-17  # relative to the largest ||g_t||^2 (a norm ratio of 5.5e-9): below, a zero gradient
+DEGENERATE = 1e-7  # the degenerate band (module docstring), relative to m_w = sum_t w_t ||g_t||
+VALUE_FLOOR = 1e-12  # and its floor, relative to max_t ||g_t||
 
 
 Fn = Callable[[np.ndarray], Any]
 
 
-def cagrad_objective(G: np.ndarray, sqrt_phi: float) -> tuple[Fn, Fn, Fn]:
-    """(f, gradient, Hessian) of f(w) = w^T G b + sqrt_phi sqrt(w^T G w), b = 1/T."""
+def cagrad_objective(G: np.ndarray, sqrt_phi: float, b: np.ndarray | None = None) -> tuple[Fn, Fn, Fn]:
+    """(f, gradient, Hessian) of f(w) = w^T G b + sqrt_phi sqrt(w^T G w), b = 1/T by default
+    (pass the mean's weights on these rows when G is the Gramian of a subset of the tasks)."""
     T = G.shape[0]
-    a = G @ np.full(T, 1.0 / T)
+    a = G @ (np.full(T, 1.0 / T) if b is None else np.asarray(b, dtype=np.float64))
 
     def f(w: np.ndarray) -> float:
         return float(a @ w + sqrt_phi * np.sqrt(max(w @ G @ w, 0.0)))
@@ -62,6 +89,66 @@ def cagrad_objective(G: np.ndarray, sqrt_phi: float) -> tuple[Fn, Fn, Fn]:
     return f, grad, hess
 
 
+def cagrad_weights(G: np.ndarray, c: float) -> tuple[np.ndarray, dict[str, float]]:
+    """Effective weights (before the 1 + c^2 rescale) and internals, from a Gramian (float64)."""
+    G = np.asarray(G, dtype=np.float64)
+    G = 0.5 * (G + G.T)
+    T = G.shape[0]
+    b = np.full(T, 1.0 / T)
+    diag = np.clip(np.diag(G), 0.0, None) if T else np.zeros(0)
+    scale = float(diag.max()) if T else 0.0
+    finite = bool(np.all(np.isfinite(G)))
+    Gn = G / scale if scale > 0.0 and finite else np.zeros_like(G)
+    g0_norm = float(np.sqrt(max(b @ Gn @ b, 0.0))) if T else 0.0
+    if not g0_norm > 0.0:  # no gradient, non-finite input, or g0 = 0 (the ball is {g0}): the mean
+        info = {f"w_{i}": float(v) for i, v in enumerate(b)}
+        return b, {**info, "gw_norm": 0.0, "cone_projection": 0.0}
+    sqrt_phi = c * g0_norm
+    nz = diag > ZERO_NORM_SQ * scale
+    n = np.sqrt(diag[nz] / scale)  # the non-zero gradients' norms, the largest = 1
+    Gz = Gn[np.ix_(nz, nz)]
+    k = int(nz.sum())
+    # the dual objective divided by ||g0||: f(w) = g_w . g0 / ||g0|| + c ||g_w|| (scale-free)
+    f, grad, hess = cagrad_objective(Gz, c, b[nz] / g0_norm)
+    wz = np.ones(1)
+    if k > 1:
+        wz = minimize_on_simplex(f, grad, np.full(k, 1.0 / k), hess=hess)
+        # f has a kink at g_w = 0, where the iterative solver stalls short of it. The origin is in
+        # the hull of the g_t iff it is in the hull of the unit vectors g_t / ||g_t||, whose
+        # min-norm point (MGDA's exact active set, on the well-scaled cosine matrix) gives convex
+        # weights reaching it to full relative precision even when the norms differ a lot.
+        y = min_norm_simplex(Gz / np.outer(n, n)) / n
+        if np.all(np.isfinite(y)) and y.sum() > 0.0 and f(y / y.sum()) < f(wz):
+            wz = y / y.sum()
+    value = f(wz)
+    w = np.zeros(T)
+    if k < T and value >= 0.0:  # a zero gradient puts the origin (value 0) in the hull
+        w[~nz] = 1.0 / (T - k)
+        value = 0.0
+    else:
+        w[nz] = wz
+    gw_norm = float(np.sqrt(max(wz @ Gz @ wz, 0.0))) if w[nz].any() else 0.0
+    # Degenerate when |f(w)| is within the band (see the module docstring): |f(w)| <= (1 + c) ||g_w||,
+    # ||g_w|| = sqrt(w^T G w) is resolved from G to about sqrt(eps) sum_t w_t ||g_t|| only, and the
+    # solver reaches f to about 1e-14 (absolute, on this normalised problem) only.
+    mass = float(w[nz] @ n)
+    band = (1.0 + c) * max(DEGENERATE * mass, VALUE_FLOOR)
+    degenerate = abs(value) <= band or not gw_norm > 0.0
+    eff = b.copy()
+    if degenerate:
+        lam = dual_cone_projection(Gz, b[nz])
+        dist = float(np.sqrt(max(lam @ Gz @ lam, 0.0)))  # ||p - g0||, within rounding of the radius
+        if dist > sqrt_phi:
+            lam *= sqrt_phi / dist
+        eff[nz] += lam
+    else:
+        eff += (sqrt_phi / gw_norm) * w
+    info = {f"w_{i}": float(v) for i, v in enumerate(w)}
+    info["gw_norm"] = gw_norm * float(np.sqrt(scale))
+    info["cone_projection"] = float(degenerate)
+    return eff, info
+
+
 class CAGrad(GradientAggregation):
     """Liu et al., NeurIPS 2021: the mean gradient, bent toward the task it helps least,
     within a ball of radius c ||g0|| (Algorithm 1; c = 0 gives the mean gradient)."""
@@ -76,33 +163,7 @@ class CAGrad(GradientAggregation):
     params: Params
 
     def gramian_weights(self, G: torch.Tensor) -> torch.Tensor:
-        Gd = G.detach().double().cpu().numpy()
-        Gd = 0.5 * (Gd + Gd.T)
-        T = Gd.shape[0]
-        b = np.full(T, 1.0 / T)
         c = float(self.params.c)
-        scale = float(np.max(np.diag(Gd))) if T else 0.0
-        finite = bool(np.all(np.isfinite(Gd)))
-        Gn = Gd / scale if scale > 0 and finite else np.zeros_like(Gd)
-        sqrt_phi = c * np.sqrt(max(b @ Gn @ b, 0.0))
-        f, grad, hess = cagrad_objective(Gn, sqrt_phi)
-        w = minimize_on_simplex(f, grad, b, hess=hess) if scale > 0 and finite else b
-        gw_norm = np.sqrt(max(w @ Gn @ w, 0.0))
-        eff = b + (sqrt_phi / gw_norm) * w if gw_norm > ZERO_GW else b
-        # Degenerate dual (g_w = 0: a zero task gradient, or 0 inside the hull with c >= 1): the
-        # closed form above is undefined or noise. The projection of g0 onto the cone of
-        # non-conflicting directions is then a primal optimum whenever it lies in the ball.
-        lam = dual_cone_projection(Gn, b) if finite else np.zeros(T)
-        in_ball = np.sqrt(max(lam @ Gn @ lam, 0.0)) <= sqrt_phi * (1 + 1e-9) + 1e-15
-        projected = bool(in_ball and (Gn @ (b + lam)).min() > (Gn @ eff).min() + 1e-12)
-        if projected:
-            eff = b + lam
+        eff, self.last_internals = cagrad_weights(G.detach().double().cpu().numpy(), c)
         eff = eff / (1.0 + c**2 if self.params.rescale else 1.0)
-        self.last_internals = {f"w_{i}": float(v) for i, v in enumerate(w)}
-        self.last_internals["gw_norm"] = float(gw_norm * np.sqrt(max(scale, 0.0)))
-        self.last_internals["cone_projection"] = float(projected)
         return torch.as_tensor(eff, device=G.device, dtype=G.dtype)
-
-    def aggregate(self, J: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
-        w = self.gramian_weights(gramian(J)).to(J.dtype)
-        return w @ J, w

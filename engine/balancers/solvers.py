@@ -6,7 +6,8 @@
   T > 2 an exact active-set method (Lawson-Hanson NNLS through the reduction below), certified
   by its KKT conditions and polished by projected gradient if the certificate fails.
 - `dual_cone_projection(G, v)`: the multipliers that project v^T J onto the cone of directions
-  conflicting with no task (an NNLS on the Gramian's square root).
+  conflicting with no task (an NNLS, by an exact active-set method on the cosine matrix that
+  admits only clearly independent gradients, so the multipliers stay bounded).
 - `minimize_on_simplex(f, grad, x0, hess)`: a convex function on the simplex: SLSQP, the
   vertices as extra candidates, a projected-gradient polish with backtracking, then Newton
   steps on the solution's face (when a Hessian is given) for machine-precision stationarity.
@@ -26,6 +27,9 @@ import numpy as np
 from scipy.optimize import minimize, nnls
 
 Array = np.ndarray
+
+ZERO_NORM_SQ = 1e-30  # a row with ||g||^2 below this fraction of the largest counts as zero in the NNLS below
+DEPENDENT = 1e-13  # squared sine of the angle between a unit gradient and a span: below it, "in the span"
 
 
 def project_simplex(v: Array) -> Array:
@@ -102,17 +106,95 @@ def dual_cone_projection(G: Array, v: Array) -> Array:
 
     By Moreau's decomposition, (v + lam)^T J is then the Euclidean projection of v^T J onto the
     cone {d : J d >= 0} of directions that conflict with no task (torchjd's DualProj step).
+
+    The projection is unique, the multipliers are not when G is singular (duplicated gradients,
+    opposite ones, more tasks than parameters): a basic solution is returned, whose non-zero
+    multipliers sit on linearly independent gradients, so they stay bounded and anything computed
+    from them through G (||lam^T J||^2 = lam^T G lam) keeps its precision. It comes from an exact
+    active-set method (`_cone_nnls`) on the cosine matrix, in the variables n_t lam_t (n_t = ||g_t||),
+    so gradient norms differing by orders of magnitude do not matter. Zero rows (||g_t||^2 <= 1e-30
+    of the largest) get lam_t = 0.
     """
     G = np.asarray(G, dtype=np.float64)
     v = np.asarray(v, dtype=np.float64)
-    if not np.all(np.isfinite(G)) or not np.any(np.diag(G) > 0):
-        return np.zeros_like(v)
-    R = _gramian_root(G / np.max(np.diag(G)))
-    try:
-        lam, _ = nnls(R, -(R @ v), maxiter=50 * max(v.size, 1))
-    except RuntimeError:  # iteration limit (not seen in practice): no projection
-        return np.zeros_like(v)
+    lam = np.zeros_like(v)
+    if not np.all(np.isfinite(G)) or not np.all(np.isfinite(v)) or v.size == 0:
+        return lam
+    G = 0.5 * (G + G.T)
+    diag = np.clip(np.diag(G), 0.0, None)
+    nz = diag > ZERO_NORM_SQ * diag.max()
+    if not nz.any():
+        return lam
+    n = np.sqrt(diag[nz])
+    C = np.clip(G[np.ix_(nz, nz)] / np.outer(n, n), -1.0, 1.0)  # cosines (|C| > 1: G's rounding)
+    np.fill_diagonal(C, 1.0)
+    lam[nz] = _cone_nnls(C, n * v[nz]) / n
     return lam
+
+
+def _cone_nnls(C: Array, u: Array) -> Array:
+    """mu >= 0 minimising (u + mu)^T C (u + mu), C a cosine matrix (unit diagonal, PSD).
+
+    Lawson-Hanson's active-set method written on the Gramian: the passive set P holds the
+    multipliers allowed to be positive, mu_P solves C_PP mu_P = -(C u)_P, and the gradient
+    C (u + mu) is the vector of inner products of the unit gradients with the current point
+    (u + mu)^T A. A gradient enters P when its inner product is negative (beyond rounding:
+    1e-13 ||u + mu||_1) and it is clearly independent of P's gradients (squared sine of its
+    angle to their span above `DEPENDENT`, i.e. the Schur complement of C_PP); one that is in
+    that span (a duplicate, an opposite, the P rows' combination) has, in exact arithmetic, a zero
+    inner product there, and admitting it on rounding would make C_PP singular and the multipliers
+    blow up along its null space (scipy's nnls on a Gramian root does exactly that). The price: a
+    gradient within an angle of 3e-7 of P's span can be left with an inner product of at most
+    3e-7 times the projection's norm below zero.
+    """
+    T = u.size
+    mu = np.zeros(T)
+    P = np.zeros(T, dtype=bool)
+    Cu = C @ u
+
+    def solve_on(S: Array) -> Array:  # the least-squares multipliers on the support S
+        z = np.zeros(T)
+        if S.any():
+            try:
+                z[S] = np.linalg.solve(C[np.ix_(S, S)], -Cu[S])
+            except np.linalg.LinAlgError:  # not expected: S's gradients are clearly independent
+                z[S] = np.nan
+        return z
+
+    for _ in range(3 * T + 10):
+        g = Cu + C @ mu  # mu is the least-squares solution on P here
+        tol = 1e-13 * max(float(np.abs(u + mu).sum()), 1e-300)
+        idx = np.flatnonzero(P)
+        try:
+            H = np.linalg.solve(C[np.ix_(idx, idx)], C[idx]) if idx.size else np.zeros((0, T))
+        except np.linalg.LinAlgError:  # not expected: P's gradients are clearly independent
+            break
+        schur = np.diag(C) - np.einsum("ij,ij->j", C[idx], H)  # squared sines to P's span
+        free = ~P & (g < -tol) & (schur > DEPENDENT)
+        z = None
+        if free.any():  # the least squares on P + {j}, from the one on P (block elimination)
+            j = int(np.flatnonzero(free)[np.argmin(g[free])])
+            z = mu.copy()
+            z[j] = -g[j] / schur[j]  # > 0
+            z[idx] -= z[j] * H[:, j]
+            P[j] = True
+        if z is None or not np.all(np.isfinite(z)):
+            break
+        for _ in range(T + 1):  # back off until every passive multiplier is positive
+            if np.all(z[P] > 0.0):
+                break
+            neg = np.flatnonzero(P & (z <= 0.0))
+            ratios = mu[neg] / (mu[neg] - z[neg])
+            k = int(np.argmin(ratios))
+            mu = mu + ratios[k] * (z - mu)
+            P[neg[k]] = False
+            P &= mu > 0.0
+            z = solve_on(P)
+            if not np.all(np.isfinite(z)):
+                return np.where(P, np.maximum(mu, 0.0), 0.0)
+        mu = np.where(P, z, 0.0)
+    z = solve_on(P)  # a last solve on the final support, for full precision
+    return np.where(P & np.isfinite(z), np.maximum(z, 0.0), 0.0)
 
 
 def _polish(f: Callable[[Array], float], grad: Callable[[Array], Array], x: Array, iters: int) -> Array:
