@@ -37,7 +37,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=6, help="epochs of each sweep member (and the one run)")
-    ap.add_argument("--cosmos-epochs", type=int, default=9)
+    ap.add_argument("--cosmos-epochs", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved timings of one run and of COSMOS")
     ap.add_argument("--alpha", type=float, default=1.0)
     ap.add_argument("--lam", type=float, default=1.0)
