@@ -351,13 +351,18 @@ def submit_many(configs: Sequence[RunConfig | dict[str, Any]], lake: Lake | None
     """Queue several runs at once, all or none: the per-user limit is checked for the whole batch
     (per owner) before anything is queued."""
     lake = lake or Lake()
+    with _submit_lock(lake):
+        _check_limits(lake, configs)
+        return [lake.create_run(c, state="queued") for c in configs]
+
+
+def _check_limits(lake: Lake, configs: Sequence[RunConfig | dict[str, Any]]) -> None:
+    """The per-user queue limit for a batch of new runs, per owner (call under the submit lock)."""
     adding: dict[str, int] = {}
     for c in configs:
         adding[_owner_of(c)] = adding.get(_owner_of(c), 0) + 1
-    with _submit_lock(lake):
-        for owner, n in adding.items():
-            check_queue_limit(lake, owner, n)
-        return [lake.create_run(c, state="queued") for c in configs]
+    for owner, n in adding.items():
+        check_queue_limit(lake, owner, n)
 
 
 def submit_job(
@@ -389,12 +394,8 @@ def submit_job(
     if {"config.json", "status.json", "claim", "cancel", JOB_FILE} & set(files):
         raise ValueError(f"a job may not write {sorted(files)} into its runs")
     lake = lake or Lake()
-    adding: dict[str, int] = {}
-    for c in configs:
-        adding[_owner_of(c)] = adding.get(_owner_of(c), 0) + 1
     with _submit_lock(lake):
-        for owner, n in adding.items():
-            check_queue_limit(lake, owner, n)
+        _check_limits(lake, configs)
         run_ids = [lake.create_run(c, state="queued") for c in configs]
         desc = {
             "kind": kind,
