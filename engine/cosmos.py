@@ -50,7 +50,7 @@ from engine import metrics as M
 from engine.config import RunConfig, load_config, resolve
 from engine.datasets import load_dataset
 from engine.datasets.base import FeatureSpec, MTLData, Split
-from engine.devices import describe, select_device
+from engine.devices import describe
 from engine.models import build_model
 from engine.models.base import MTLModel
 from engine.recorder import RunWriter, read_json_dict, write_json_atomic
@@ -63,8 +63,7 @@ from engine.train import (
     Writer,
     _make_optimizer,
     _metric_rows,
-    _to_device,
-    seed_everything,
+    prepare_run,
 )
 
 PARAMS_FILE = "cosmos.json"
@@ -227,17 +226,11 @@ def train_cosmos(
     writer = writer or NullWriter()
     resolved = resolve(cfg)
     t0 = time.perf_counter()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = select_device(cfg.device)
-    seed_everything(cfg.seed)
-    data = load_dataset(cfg.dataset, resolved["dataset"], cfg.seed).select_tasks(resolved["tasks"])
-    train_split = _to_device(data.train, device)
-    val_split = _to_device(data.val, device)
-    test_split = _to_device(data.test, device)
+    run = prepare_run(cfg, resolved)
+    device, data = run.device, run.data
+    train_split, val_split, test_split = run.train, run.val, run.test
     task_names = data.task_names
     T = len(task_names)
-    seed_everything(cfg.seed)
     model = build_model(
         cfg.arch, conditioned_features(data.features, task_names), data.tasks, resolved["arch"]
     )

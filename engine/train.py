@@ -114,6 +114,37 @@ def _to_device(split: Split, device: torch.device) -> Split:
     )
 
 
+@dataclass
+class RunData:
+    """A run's data on its device: what every trainer prepares before building its model."""
+
+    device: torch.device
+    data: MTLData
+    train: Split
+    val: Split
+    test: Split
+
+
+def prepare_run(cfg: RunConfig, resolved: dict[str, Any]) -> RunData:
+    """Set the torch threads, pick the device, seed, load the run's data (its tasks selected)
+    and move the splits to the device; then seed again, so the model built next starts from
+    the same state whatever the data loading drew (`train` and `train_cosmos` share this)."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = select_device(cfg.device)
+    seed_everything(cfg.seed)
+    data = load_dataset(cfg.dataset, resolved["dataset"], cfg.seed).select_tasks(resolved["tasks"])
+    run = RunData(
+        device,
+        data,
+        _to_device(data.train, device),
+        _to_device(data.val, device),
+        _to_device(data.test, device),
+    )
+    seed_everything(cfg.seed)
+    return run
+
+
 def _batch(split: Split, idx: torch.Tensor) -> tuple[dict, dict, dict]:
     return (
         {k: v[idx] for k, v in split.features.items()},
@@ -194,18 +225,10 @@ def train(
     writer = writer or NullWriter()
     resolved = resolve(cfg)
     t0 = time.perf_counter()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = select_device(cfg.device)
-    seed_everything(cfg.seed)
-
-    data = load_dataset(cfg.dataset, resolved["dataset"], cfg.seed).select_tasks(resolved["tasks"])
-    train_split = _to_device(data.train, device)
-    val_split = _to_device(data.val, device)
-    test_split = _to_device(data.test, device)
+    run = prepare_run(cfg, resolved)
+    device, data = run.device, run.data
+    train_split, val_split, test_split = run.train, run.val, run.test
     task_names = data.task_names
-
-    seed_everything(cfg.seed)
     model = build_model(cfg.arch, data.features, data.tasks, resolved["arch"]).to(device)
     balancer = build_balancer(cfg.balancer, task_names, resolved["balancer"]).to(device)
     shared = model.shared_parameters()
