@@ -9,11 +9,11 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from polling import wait_until
 
 from engine.cosmos import learned_front, submit_cosmos
 from engine.jobs import Worker
@@ -40,15 +40,6 @@ TINY = {
 }
 
 
-def _wait(pred: Callable[[], Any], timeout: float, what: str) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if pred():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.fixture
 def worker_on(tmp_path: Path) -> Iterator[tuple[Lake, Worker]]:
     lake = Lake(tmp_path / "lake")
@@ -67,7 +58,7 @@ def _states(lake: Lake, ids: list[str]) -> list[str]:
 
 
 def _kill_and_check(lake: Lake, ids: list[str], who: str) -> None:
-    _wait(
+    wait_until(
         lambda: all(len(lake.metrics([r], split="train")) >= 40 for r in ids),
         180,
         "training rows to be flushed",
@@ -76,7 +67,7 @@ def _kill_and_check(lake: Lake, ids: list[str], who: str) -> None:
     (pid,) = {lake.status(r)["pid"] for r in ids}
     os.kill(pid, signal.SIGKILL)
     killed = time.time()
-    _wait(lambda: set(_states(lake, ids)) == {"failed"}, 10, "the runs to be marked failed")
+    wait_until(lambda: set(_states(lake, ids)) == {"failed"}, 10, "the runs to be marked failed")
     assert time.time() - killed <= 10
     for rid in ids:
         err = lake.status(rid)["error"]
@@ -94,7 +85,7 @@ def test_sigkill_of_a_real_population_trainer(worker_on: tuple[Lake, Worker]) ->
     res = submit_sweep(BIG, [[1.0, 0.0], [0.0, 1.0]], lake=lake)
     assert res.mode == "population" and res.reason == ""
     assert sweep_info(lake, res.sweep_id)["run_ids"] == res.run_ids
-    _wait(lambda: worker.launched_jobs, 30, "the worker to launch the population")
+    wait_until(lambda: worker.launched_jobs, 30, "the worker to launch the population")
     assert worker.launched_jobs[0].kind == "population"
     _kill_and_check(lake, res.run_ids, "population trainer")
 
@@ -104,7 +95,7 @@ def test_a_real_cosmos_job_trains_to_the_end_then_another_is_killed(worker_on: t
     lake, worker = worker_on
     rid = submit_cosmos(TINY, {"alpha": 1.0, "lam": 0.5}, lake)
     assert lake.status(rid)["state"] in ("queued", "running")  # the worker may claim it at once
-    _wait(lambda: lake.status(rid).get("state") in ("finished", "failed"), 180, "the COSMOS run to end")
+    wait_until(lambda: lake.status(rid).get("state") in ("finished", "failed"), 180, "the COSMOS run to end")
     st = lake.status(rid)
     assert st["state"] == "finished", st.get("error")
     front = learned_front(rid, 3, lake, split="test")

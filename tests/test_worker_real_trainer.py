@@ -10,19 +10,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from polling import wait_until
 
 from engine.config import load_config
 from engine.jobs import Worker, submit
 from engine.store import Lake
-
-
-def _wait(pred, timeout: float, what: str) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if pred():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.slow
@@ -44,12 +36,14 @@ def test_sigkill_of_a_real_trainer_fails_the_run_and_keeps_flushed_rows(tmp_path
     thread = threading.Thread(target=worker.run_forever, daemon=True)
     thread.start()
     try:
-        _wait(lambda: len(lake.metrics([run_id], split="train")) >= 200, 120, "training rows to be flushed")
+        wait_until(
+            lambda: len(lake.metrics([run_id], split="train")) >= 200, 120, "training rows to be flushed"
+        )
         before = lake.metrics([run_id], split="train")
         pid = lake.status(run_id)["pid"]
         os.kill(pid, signal.SIGKILL)
         killed_at = time.time()
-        _wait(lambda: lake.status(run_id).get("state") == "failed", 10, "the run to be marked failed")
+        wait_until(lambda: lake.status(run_id).get("state") == "failed", 10, "the run to be marked failed")
         assert time.time() - killed_at <= 10
         status = lake.status(run_id)
         assert "SIGKILL" in status["error"] or "signal 9" in status["error"], status["error"]
@@ -65,7 +59,7 @@ def test_sigkill_of_a_real_trainer_fails_the_run_and_keeps_flushed_rows(tmp_path
         # no half-written segment anywhere in the run directory: every segment name opens, and
         # temp files (the worker may be compacting the ended run right now) never linger
         run_dir = lake.run_dir(run_id)
-        _wait(lambda: not list(run_dir.rglob("*.tmp")), 30, "temporary files to be renamed or removed")
+        wait_until(lambda: not list(run_dir.rglob("*.tmp")), 30, "temporary files to be renamed or removed")
         opened = 0
         for f in run_dir.rglob("seg-*.parquet"):
             try:
