@@ -319,7 +319,13 @@ def cmd_cosmos(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     lake = _lake(args)
-    params = {"alpha": args.alpha, "lam": args.lam, "eval_rays": args.eval_rays}
+    params = {
+        "alpha": args.alpha,
+        "lam": args.lam,
+        "eval_rays": args.eval_rays,
+        "conditioning": args.conditioning,
+        "rank": args.rank,
+    }
     if args.queue:
         from engine.cosmos import submit_cosmos
         from engine.jobs import QueueLimitError, worker_status
@@ -428,8 +434,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cosmos", help="train one preference-conditioned model (COSMOS), here or queued")
     _add_config_flags(p)
     p.add_argument("--alpha", type=float, default=1.0, help="Dirichlet concentration of preferences")
-    p.add_argument("--lam", type=float, default=1.0, help="cosine-penalty weight lambda")
+    p.add_argument("--lam", type=float, default=0.0, help="cosine-penalty weight lambda (COSMOS)")
     p.add_argument("--eval-rays", type=int, default=5, help="preferences scored on validation")
+    p.add_argument(
+        "--conditioning",
+        choices=["hypernet", "input"],
+        default="hypernet",
+        help="hypernet: a Pareto HyperNetwork generates the weights (default); input: COSMOS input columns",
+    )
+    p.add_argument("--rank", type=int, default=8, help="hypernet: size of the preference embedding")
     p.add_argument("--front", type=int, default=5, help="preferences to print at the end")
     p.add_argument("--queue", action="store_true", help="queue it for the worker instead of training it here")
     p.set_defaults(func=cmd_cosmos)

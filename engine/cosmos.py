@@ -1,4 +1,9 @@
-"""Pareto-front learning with COSMOS: one model conditioned on the preference vector.
+"""Pareto-front learning: one model conditioned on the preference vector, trained once.
+
+The preference reaches the model by `CosmosParams.conditioning` (engine.hypernet): "hypernet"
+(the default; a Pareto HyperNetwork, Navon et al., ICLR 2021, generates the weights from the
+preference) or "input" (COSMOS, below). The run kind, files and training loop are COSMOS's for
+both; only the conditioning differs. lambda defaults to 0 (linear scalarisation, PHN-LS).
 
 COSMOS (Ruchte & Grabocka, "Scalable Pareto Front Approximation for Deep Multi-Objective
 Learning", ICDM 2021; official code github.com/ruchtem/cosmos): the preference ray r (a point of
@@ -39,7 +44,7 @@ import traceback
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -51,6 +56,8 @@ from engine.config import RunConfig, load_config, resolve
 from engine.datasets import load_dataset
 from engine.datasets.base import FeatureSpec, MTLData, Split
 from engine.devices import describe
+from engine.hypernet import PREF_PREFIX, Conditioned, HyperConditioned, InputConditioned
+from engine.hypernet import with_preference as with_preference  # re-exported
 from engine.models import build_model
 from engine.models.base import MTLModel
 from engine.recorder import RunWriter, read_json_dict, write_json_atomic
@@ -68,7 +75,6 @@ from engine.train import (
 
 PARAMS_FILE = "cosmos.json"
 TAG = "cosmos"
-PREF_PREFIX = "pref:"
 #: rows per forward pass when many preferences are evaluated at once
 FRONT_ROWS = 65_536
 
@@ -81,17 +87,32 @@ class CosmosParams(BaseModel):
         1.0, gt=0.0, le=100.0, description="Dirichlet concentration of the sampled preferences (1 = uniform)"
     )
     lam: float = Field(
-        1.0, ge=0.0, le=1000.0, description="weight lambda of the cosine penalty -lambda * cos(r, L)"
+        0.0,
+        ge=0.0,
+        le=1000.0,
+        description="weight lambda of the cosine penalty -lambda * cos(r, L) (COSMOS; 0 = linear "
+        "scalarisation, as PHN-LS)",
     )
     eval_rays: int = Field(
         5, ge=2, le=101, description="preferences on which validation (best epoch, early stopping) is scored"
     )
+    conditioning: Literal["hypernet", "input"] = Field(
+        "hypernet",
+        description="how the preference reaches the model: hypernet (a Pareto HyperNetwork generates "
+        "the weights) or input (COSMOS: extra input columns)",
+    )
+    rank: int = Field(
+        8, ge=1, le=64, description="hypernet: size of the preference embedding (heads per weight)"
+    )
 
 
-def params_from(data: dict[str, Any] | CosmosParams | None) -> CosmosParams:
-    """Validate COSMOS parameters; ValueError naming the field otherwise."""
+def params_from(data: dict[str, Any] | CosmosParams | None, stored: bool = False) -> CosmosParams:
+    """Validate COSMOS parameters; ValueError naming the field otherwise. `stored`: parameters
+    read back from a run written before `conditioning` existed mean input conditioning."""
     if isinstance(data, CosmosParams):
         return data
+    if stored and data is not None and "conditioning" not in data:
+        data = {**data, "conditioning": "input"}
     try:
         return CosmosParams(**(data or {}))
     except ValidationError as e:
@@ -108,14 +129,18 @@ def conditioned_features(features: FeatureSpec, task_names: Sequence[str]) -> Fe
     return dataclasses.replace(features, dense_names=tuple(features.dense_names) + extra)
 
 
-def with_preference(feats: dict[str, torch.Tensor], pref: torch.Tensor) -> dict[str, torch.Tensor]:
-    """A batch dict whose dense features carry the preference (T,) (or one per row, (B, T))."""
-    n = len(next(iter(feats.values())))
-    rows = pref.expand(n, -1) if pref.dim() == 1 else pref
-    out = dict(feats)
-    dense = feats.get("dense")
-    out["dense"] = rows if dense is None else torch.cat([dense, rows.to(dense.dtype)], dim=1)
-    return out
+def build_conditioned(arch: str, data: MTLData, arch_params: dict[str, Any], cp: CosmosParams) -> Conditioned:
+    """The preference-conditioned model of a run: the architecture wrapped by `cp.conditioning`."""
+    names = data.task_names
+    if cp.conditioning == "input":
+        features = conditioned_features(data.features, names)
+        return InputConditioned(build_model(arch, features, data.tasks, arch_params))
+    model = build_model(arch, data.features, data.tasks, arch_params)
+    return HyperConditioned(model, len(names), rank=cp.rank)
+
+
+def _method(cp: CosmosParams) -> str:
+    return "Pareto HyperNetwork" if cp.conditioning == "hypernet" else "COSMOS input conditioning"
 
 
 def cosmos_loss(losses: torch.Tensor, pref: torch.Tensor, lam: float) -> torch.Tensor:
@@ -145,16 +170,21 @@ def eval_rays(n_tasks: int, n: int) -> np.ndarray:
 
 @torch.no_grad()
 def evaluate_preferences(
-    model: MTLModel, split: Split, data: MTLData, prefs: np.ndarray | torch.Tensor
+    conditioned: Conditioned | MTLModel, split: Split, data: MTLData, prefs: np.ndarray | torch.Tensor
 ) -> list[dict[str, dict[str, float]]]:
     """Per-task metrics and task loss of the conditioned model at each preference, in eval mode.
 
     Mirrors `engine.train.evaluate` (loss from the model's own `task_losses`, averaged over
-    labelled rows; metrics from `engine.metrics`), with the rows of several preferences packed
-    into one forward pass (up to `FRONT_ROWS` rows at a time).
+    labelled rows; metrics from `engine.metrics`). With input conditioning (a plain `MTLModel`
+    that reads the preference columns, or `InputConditioned`) the rows of several preferences are
+    packed into one forward pass (up to `FRONT_ROWS` rows at a time); a hypernetwork generates
+    its weights once per preference.
     """
-    was_training = model.training
-    model.eval()
+    if isinstance(conditioned, MTLModel):
+        conditioned = InputConditioned(conditioned)
+    model = conditioned.model
+    was_training = conditioned.training
+    conditioned.eval()
     try:
         device = next(iter(split.targets.values())).device
         P = torch.as_tensor(np.asarray(prefs, dtype=np.float32), device=device)
@@ -162,7 +192,7 @@ def evaluate_preferences(
             P = P[None]
         n = len(split)
         names = [t.name for t in data.tasks]
-        per_chunk = max(1, FRONT_ROWS // max(n, 1))
+        per_chunk = max(1, FRONT_ROWS // max(n, 1)) if conditioned.packs_preferences else 1
         preds: list[dict[str, list[torch.Tensor]]] = [{t: [] for t in names} for _ in range(len(P))]
         loss_sums = np.zeros((len(P), len(names)))
         counts = np.zeros((len(P), len(names)))
@@ -176,8 +206,11 @@ def evaluate_preferences(
                 feats = {key: v[start:stop] for key, v in split.features.items()}
                 targets = {key: v[start:stop] for key, v in split.targets.items()}
                 masks = {key: v[start:stop] for key, v in split.masks.items()}
-                rep = {key: v.repeat(k, *([1] * (v.dim() - 1))) for key, v in feats.items()}
-                outputs = model(with_preference(rep, ps.repeat_interleave(m, dim=0)))
+                if k == 1:
+                    outputs = conditioned(feats, ps[0])
+                else:
+                    rep = {key: v.repeat(k, *([1] * (v.dim() - 1))) for key, v in feats.items()}
+                    outputs = conditioned(rep, ps.repeat_interleave(m, dim=0))
                 probs = model.predict(outputs)
                 for j in range(k):
                     out_j = {t: v[j * m : (j + 1) * m] for t, v in outputs.items()}
@@ -205,7 +238,7 @@ def evaluate_preferences(
             results.append(out)
         return results
     finally:
-        model.train(was_training)
+        conditioned.train(was_training)
 
 
 # ------------------------------------------------------------------------------ training
@@ -231,19 +264,17 @@ def train_cosmos(
     train_split, val_split, test_split = run.train, run.val, run.test
     task_names = data.task_names
     T = len(task_names)
-    model = build_model(
-        cfg.arch, conditioned_features(data.features, task_names), data.tasks, resolved["arch"]
-    )
-    model = model.to(device)
-    optimizer = _make_optimizer(cfg, list(model.parameters()))
+    cond = build_conditioned(cfg.arch, data, resolved["arch"], cp).to(device)
+    model = cond.model
+    optimizer = _make_optimizer(cfg, list(cond.parameters()))
     rng = np.random.default_rng([cfg.seed, 7919])  # the preference stream, independent of torch's
     rays = eval_rays(T, cp.eval_rays)
     uniform = np.full(T, 1.0 / T)
     writer.log_event(
         "info",
-        f"training a preference-conditioned {cfg.arch} (COSMOS, alpha {cp.alpha}, lambda {cp.lam}) on "
+        f"training a preference-conditioned {cfg.arch} ({_method(cp)}, alpha {cp.alpha}, lambda {cp.lam}) on "
         f"{cfg.dataset} ({', '.join(task_names)}) on {describe(device)}: {len(data.train)} train / "
-        f"{len(data.val)} val / {len(data.test)} test rows, {sum(p.numel() for p in model.parameters())} "
+        f"{len(data.val)} val / {len(data.test)} test rows, {sum(p.numel() for p in cond.parameters())} "
         f"parameters; validation scored on {len(rays)} preferences",
     )
     n = len(train_split)
@@ -255,7 +286,7 @@ def train_cosmos(
     best_score, best_state, best_val, best_epoch, bad_epochs = float("inf"), None, {}, 0, 0
     step = 0
     state = "finished"
-    model.train()
+    cond.train()
     for epoch in range(1, cfg.epochs + 1):
         perm = torch.randperm(n, generator=gen).to(device)
         prefs = torch.as_tensor(
@@ -268,7 +299,7 @@ def train_cosmos(
             targets = {k: v[idx] for k, v in train_split.targets.items()}
             masks = {k: v[idx] for k, v in train_split.masks.items()}
             r = prefs[b]
-            outputs = model(with_preference(feats, r))
+            outputs = cond(feats, r)
             ld = model.task_losses(outputs, targets, masks)
             losses = torch.stack([ld[t] for t in task_names])
             loss = cosmos_loss(losses, r, cp.lam)
@@ -305,7 +336,7 @@ def train_cosmos(
         if state == "cancelled":
             writer.log_event("info", f"cancelled at step {step} (epoch {epoch})")
             break
-        evals = evaluate_preferences(model, val_split, data, np.vstack([uniform, rays]))
+        evals = evaluate_preferences(cond, val_split, data, np.vstack([uniform, rays]))
         writer.log_metrics(_metric_rows(step, epoch, "val", evals[0]))
         score = float(
             np.mean(
@@ -318,7 +349,7 @@ def train_cosmos(
         writer.log_balancer_stats(step, {"val_scalarised_loss": score})
         if best_state is None or score < best_score:
             best_score, best_val, best_epoch, bad_epochs = score, evals[0], epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = copy.deepcopy(cond.checkpoint_state())
         else:
             bad_epochs += 1
             if cfg.patience and bad_epochs >= cfg.patience:
@@ -328,18 +359,24 @@ def train_cosmos(
                     f"for {bad_epochs} epochs",
                 )
                 break
-    result = TrainResult(state=state, steps=step, best_val=best_val, best_epoch=best_epoch, model=model)
+    result = TrainResult(
+        state=state,
+        steps=step,
+        best_val=best_val,
+        best_epoch=best_epoch,
+        model=cond.model if isinstance(cond, InputConditioned) else cond,  # type: ignore[arg-type]
+    )
     if state == "cancelled":
         result.seconds = time.perf_counter() - t0
         return result
     if best_state is not None:
-        model.load_state_dict(best_state)
-    test = evaluate_preferences(model, test_split, data, uniform)[0]
+        cond.load_checkpoint_state(best_state)
+    test = evaluate_preferences(cond, test_split, data, uniform)[0]
     writer.log_metrics(_metric_rows(step, best_epoch, "test", test))
     result.test = test
     result.seconds = time.perf_counter() - t0
     if checkpoint_path is not None:
-        save_cosmos_checkpoint(checkpoint_path, model, cfg, cp, best_epoch)
+        save_cosmos_checkpoint(checkpoint_path, cond, cfg, cp, best_epoch)
     writer.log_event(
         "info",
         f"finished in {result.seconds:.1f} s; best epoch {best_epoch}; "
@@ -348,10 +385,12 @@ def train_cosmos(
     return result
 
 
-def save_cosmos_checkpoint(path: Path, model: MTLModel, cfg: RunConfig, cp: CosmosParams, epoch: int) -> None:
+def save_cosmos_checkpoint(
+    path: Path, cond: Conditioned, cfg: RunConfig, cp: CosmosParams, epoch: int
+) -> None:
     """Tensors and strings only (`torch.load(path, weights_only=True)` reads it)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu() for k, v in cond.checkpoint_state().items()}
     torch.save(
         {
             "state_dict": state,
@@ -376,7 +415,8 @@ def cosmos_config(
     d["balancer"], d["balancer_params"] = "ew", {}
     d["tags"] = [*[t for t in d.get("tags", []) if t != TAG], TAG]
     if not d.get("name"):
-        d["name"] = f"COSMOS {d.get('arch', 'mmoe')} (alpha {cp.alpha:g}, lambda {cp.lam:g})"
+        label = "Pareto HyperNetwork" if cp.conditioning == "hypernet" else "COSMOS"
+        d["name"] = f"{label} {d.get('arch', 'mmoe')} (alpha {cp.alpha:g}, lambda {cp.lam:g})"
     return load_config(d)
 
 
@@ -427,7 +467,7 @@ def execute_cosmos(lake: Lake, run_id: str) -> TrainResult | None:
     result: TrainResult | None = None
     try:
         cfg = load_config(lake.config(run_id))
-        cp = params_from(read_json_dict(run_dir / PARAMS_FILE))
+        cp = params_from(read_json_dict(run_dir / PARAMS_FILE), stored=True)
         result = train_cosmos(cfg, cp, writer, checkpoint_path=run_dir / "checkpoint.pt")
         writer.finish(result.state, summary=result.test or None)
     except USER_ERRORS as e:
@@ -492,7 +532,8 @@ def launch_cosmos(
 
 @dataclasses.dataclass
 class _Loaded:
-    model: MTLModel
+    model: MTLModel  # the architecture (its own weights: those at no preference, for a hypernet)
+    conditioned: Conditioned
     data: MTLData
     splits: dict[str, Split]
     params: CosmosParams
@@ -525,15 +566,14 @@ def load_cosmos(run_id: str, lake: Lake | None = None) -> _Loaded:
             return hit
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     cfg = load_config(json.loads(ckpt["config"]))
-    cp = params_from(json.loads(ckpt["cosmos"]))
+    cp = params_from(json.loads(ckpt["cosmos"]), stored=True)
     resolved = resolve(cfg)
     data = load_dataset(cfg.dataset, resolved["dataset"], cfg.seed).select_tasks(resolved["tasks"])
-    model = build_model(
-        cfg.arch, conditioned_features(data.features, data.task_names), data.tasks, resolved["arch"]
-    )
-    model.load_state_dict(ckpt["state_dict"])
-    model.eval()
-    loaded = _Loaded(model, data, {"train": data.train, "val": data.val, "test": data.test}, cp, stamp)
+    cond = build_conditioned(cfg.arch, data, resolved["arch"], cp)
+    cond.load_checkpoint_state(ckpt["state_dict"])
+    cond.eval()
+    splits = {"train": data.train, "val": data.val, "test": data.test}
+    loaded = _Loaded(cond.model, cond, data, splits, cp, stamp)
     with _LOCK:
         _CACHE[key] = loaded
         _CACHE.move_to_end(key)
@@ -569,7 +609,7 @@ def evaluate_preference(
     names = loaded.data.task_names
     vec = [float(pref[t]) for t in names] if isinstance(pref, dict) else list(pref)
     P = _normalise(vec, len(names))
-    return evaluate_preferences(loaded.model, loaded.splits[split], loaded.data, P)[0]
+    return evaluate_preferences(loaded.conditioned, loaded.splits[split], loaded.data, P)[0]
 
 
 def learned_front(
@@ -591,7 +631,7 @@ def learned_front(
     if split not in loaded.splits:
         raise ValueError(f"split must be one of {list(loaded.splits)}, got {split!r}")
     P = eval_rays(len(names), int(prefs)) if isinstance(prefs, int) else _normalise(prefs, len(names))
-    results = evaluate_preferences(loaded.model, loaded.splits[split], loaded.data, P)
+    results = evaluate_preferences(loaded.conditioned, loaded.splits[split], loaded.data, P)
     rows = []
     for p, res in zip(P, results, strict=True):
         row: dict[str, float] = {f"pref/{t}": float(v) for t, v in zip(names, p, strict=True)}

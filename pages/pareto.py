@@ -1,8 +1,8 @@
 """Pareto: runs (or one weight sweep) as points on two task metrics; the non-dominated front as a
 step line, dominated runs faded, hypervolume against a shown reference point; a parallel-coordinates
 view for 3+ tasks. Click a point to open that run's curves and config. When the dataset has a
-finished preference-conditioned model (COSMOS) of the plotted tasks, its learned front is drawn
-too and a preference slider moves a ★ along it."""
+finished preference-conditioned model (Pareto HyperNetwork or COSMOS) of the plotted tasks, its
+learned front is drawn too and a preference slider moves a ★ along it."""
 
 from __future__ import annotations
 
@@ -102,13 +102,14 @@ if not matching.empty:
         c1, c2 = st.columns([2, 3], gap="large")
         with c1:
             cid = widgets.url_selectbox(
-                "Learned front (COSMOS)",
+                "Learned front (preference-conditioned model)",
                 ["", *cos_ids],
                 "cosmos",
                 "pareto_cosmos",
                 default=(same_data or cos_ids)[0],
                 format_func=lambda r: labels.get(r, r) if r else "none",
-                help="A preference-conditioned model: one training, any preference by a forward pass.",
+                help="A preference-conditioned model (Pareto HyperNetwork or COSMOS): one training, any "
+                "preference by a forward pass.",
             )
         if cid:
             tasks = matching.loc[matching["run_id"] == cid, "task_list"].iloc[0]
@@ -143,8 +144,8 @@ elif not cosmos_all.empty:
     )
 else:
     st.caption(
-        "Train a preference-conditioned model (COSMOS) on **Launch** to move a point along its "
-        "learned front here."
+        "Train a preference-conditioned model (Pareto HyperNetwork or COSMOS) on **Launch** to move a "
+        "point along its learned front here."
     )
 
 if info.points.empty and learned is None:

@@ -303,7 +303,9 @@ def test_launch_trains_a_preference_conditioned_model(empty_lake: Path) -> None:
     assert job_of(lake, rid).kind == "cosmos" and lake.status(rid)["state"] == "queued"
     assert read_json_dict(lake.run_dir(rid) / "cosmos.json")["alpha"] == 2.0
     cfg = lake.config(rid)
-    assert "cosmos" in cfg["tags"] and cfg["balancer"] == "ew" and cfg["name"].startswith("COSMOS")
+    assert "cosmos" in cfg["tags"] and cfg["balancer"] == "ew"
+    assert cfg["name"].startswith("Pareto HyperNetwork")  # the default conditioning
+    assert read_json_dict(lake.run_dir(rid) / "cosmos.json")["conditioning"] == "hypernet"
     assert "as a COSMOS training job" in _texts(at) and _qp(at, "runs") == rid
     _open(at, "runs")  # it shows in Runs like any run
     assert rid in set(at.dataframe[0].value["run_id"])
@@ -461,7 +463,7 @@ def test_pareto_preference_slider_moves_a_point_along_the_learned_front(cosmos_l
     at = _open(_app(), "pareto", dataset="synthetic-correlation", sweep="sweep-factory")
     assert _qp(at, "cosmos") == cid and _qp(at, "x") == "task_1/mse" and _qp(at, "y") == "task_2/mse"
     spec = _figures(at)[0]
-    curve = _trace(spec, "learned front (COSMOS)")
+    curve = _trace(spec, "learned front")
     xs, ys = _arr(curve["x"]), _arr(curve["y"])
     assert len(xs) == len(ys) == 21 and len(set(xs)) > 10  # the front, on a grid of preferences
     star = _trace(spec, "your preference")
@@ -490,7 +492,7 @@ def test_pareto_preference_slider_moves_a_point_along_the_learned_front(cosmos_l
     # no learned front when the axes are not the model's tasks' metrics: "none" hides it
     at.selectbox(key="sel:pareto_cosmos").select("").run()
     names = [t.get("name") for t in _figures(at)[0]["data"]]
-    assert "learned front (COSMOS)" not in names and "your preference" not in names
+    assert "learned front" not in names and "your preference" not in names
 
 
 # ---- page-load budget --------------------------------------------------------------------------

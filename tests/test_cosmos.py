@@ -47,7 +47,7 @@ TINY = {
 def lake_and_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Lake, str]:
     torch.set_num_threads(1)
     lake = Lake(tmp_path_factory.mktemp("cosmos") / "lake")
-    rid = run_cosmos(load_config(TINY), {"alpha": 1.0, "lam": 0.5}, lake)
+    rid = run_cosmos(load_config(TINY), {"alpha": 1.0, "lam": 0.5, "conditioning": "input"}, lake)
     return lake, rid
 
 
@@ -152,10 +152,12 @@ def test_bad_preferences_and_non_cosmos_runs_are_refused(
         params_from({"lam": -1})
 
 
-def test_training_is_deterministic_and_packing_preferences_changes_nothing() -> None:
-    cfg = cosmos_config(load_config({**TINY, "epochs": 1}), {"alpha": 2.0, "lam": 1.0})
-    a = train_cosmos(cfg, {"alpha": 2.0, "lam": 1.0})
-    b = train_cosmos(cfg, {"alpha": 2.0, "lam": 1.0})
+@pytest.mark.parametrize("conditioning", ["input", "hypernet"])
+def test_training_is_deterministic_and_packing_preferences_changes_nothing(conditioning: str) -> None:
+    cp = {"alpha": 2.0, "lam": 1.0, "conditioning": conditioning}
+    cfg = cosmos_config(load_config({**TINY, "epochs": 1}), cp)
+    a = train_cosmos(cfg, cp)
+    b = train_cosmos(cfg, cp)
     assert a.model is not None and b.model is not None
     for k, v in a.model.state_dict().items():
         torch.testing.assert_close(v, b.model.state_dict()[k])

@@ -8,7 +8,7 @@ click can be mapped back to its run; the front trace is named "Pareto front".
 
 A preference-conditioned model (COSMOS) adds its learned front: `learned_front_info` (the
 model's metrics on a grid of preferences, and at the chosen preference -> LearnedFrontInfo),
-drawn by `pareto_figure(..., learned=...)` as a curve ("learned front (COSMOS)") with the chosen
+drawn by `pareto_figure(..., learned=...)` as a curve ("learned front") with the chosen
 preference highlighted ("your preference").
 """
 
@@ -31,7 +31,7 @@ from engine.pareto import (
 
 FRONT_TRACE = "Pareto front"
 REFERENCE_TRACE = "reference point"
-LEARNED_TRACE = "learned front (COSMOS)"
+LEARNED_TRACE = "learned front"
 PREFERENCE_TRACE = "your preference"
 PREF_PREFIX = "pref/"
 ON_FRONT = "non-dominated"
@@ -256,17 +256,29 @@ def inversion_text(learned: LearnedFrontInfo, lam: object = "?") -> str:
         f"{col.replace('/', ' ')} {lo:.4g} at preference 0 → {hi:.4g} at preference 1"
         for col, lo, hi in learned.inverted
     ]
-    return (
-        "In this model a larger preference for a task does not make it better: "
-        + "; ".join(parts)
-        + f". COSMOS's cosine penalty (λ = {lam}) pulls the losses towards the preference ray, a larger "
-        "loss where the preference is larger; when it outweighs the preference-weighted losses (small "
-        "losses, large λ), the preference works backwards. A smaller λ lets it act as a weight."
+    head = "In this model a larger preference for a task does not make it better: " + "; ".join(parts) + ". "
+    if _positive(lam):
+        return head + (
+            f"COSMOS's cosine penalty (λ = {lam}) pulls the losses towards the preference ray, a larger "
+            "loss where the preference is larger; when it outweighs the preference-weighted losses (small "
+            "losses, large λ), the preference works backwards. A smaller λ lets it act as a weight."
+        )
+    return head + (
+        "The model has not learned to follow the preference on these metrics: the tasks may hardly "
+        "trade off in this model, or training was too short for the preference to matter. A Pareto "
+        "HyperNetwork (conditioning hypernet) or more epochs let the preference act as a weight."
     )
 
 
+def _positive(lam: object) -> bool:
+    try:
+        return float(lam) > 0  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return True  # unknown: the cosine penalty is the likely cause
+
+
 def _add_learned(fig: go.Figure, info: ParetoInfo, learned: LearnedFrontInfo) -> None:
-    hover = f"%{{text}}<br>{info.x}: %{{x:.4g}}<br>{info.y}: %{{y:.4g}}<extra>COSMOS</extra>"
+    hover = f"%{{text}}<br>{info.x}: %{{x:.4g}}<br>{info.y}: %{{y:.4g}}<extra>learned front</extra>"
     if not learned.curve.empty:
         fig.add_trace(
             go.Scatter(
@@ -401,7 +413,7 @@ def pareto_figure(
     if info.points.empty and learned is not None:
         title = f"learned front of {learned.label}"
     elif learned is not None:
-        title += " · with the learned front (COSMOS)"
+        title += " · with a learned front"
     fig.update_xaxes(title_text=_axis_title(info.x, info.hib_x))
     fig.update_yaxes(title_text=_axis_title(info.y, info.hib_y))
     return apply_layout(

@@ -43,7 +43,7 @@ BASE: dict[str, Any] = {
     "device": "cpu",
 }
 COSMOS_EPOCHS = 6
-COSMOS_PARAMS: dict[str, Any] = {"alpha": 1.0, "lam": 1.0, "eval_rays": 5}
+COSMOS_PARAMS: dict[str, Any] = {"alpha": 1.0, "lam": 1.0, "eval_rays": 5, "conditioning": "input"}
 FRONT_PREFS = 21
 
 
