@@ -17,10 +17,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from engine.datasets.base import FeatureSpec, Split, TaskSpec
+from engine.models import MODELS, validate_params
 from engine.models.base import MTLModel
 
 DIAGRAM_KINDS = {"input", "shared", "expert", "gate", "task", "output"}
@@ -255,3 +257,19 @@ def constant_predictor_metric(split: HasTrainTest, tasks: Sequence[TaskSpec]) ->
             pred = y_train.float().mean().expand(n)
         out[t.name] = _metric(t, pred, y_test)
     return out
+
+
+def skip_unless_supported(
+    name: str, params: dict | None, tasks: list[TaskSpec], features: FeatureSpec
+) -> None:
+    """Skip a generic check for an architecture whose optional `check_tasks(params, tasks)` or
+    `check_features(params, features)` classmethod rejects the generic data (e.g. cascades
+    need binary funnels, sequence models need behaviour sequences); they carry their own tests."""
+    cls, p = MODELS[name], validate_params(name, params)
+    checks = ((getattr(cls, "check_tasks", None), tasks), (getattr(cls, "check_features", None), features))
+    for check, arg in checks:
+        if check is not None:
+            try:
+                check(p, arg)
+            except ValueError as e:
+                pytest.skip(f"{name} does not serve the generic test data: {e}")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from model_checks import TASKS, make_data, single_thread
+from model_checks import TASKS, make_data, single_thread, skip_unless_supported
 
 from engine.config import load_config
 from engine.cosmos import (
@@ -24,7 +24,7 @@ from engine.cosmos import (
 )
 from engine.datasets import load_dataset
 from engine.hypernet import HyperConditioned, conditioned_names
-from engine.models import MODELS, build_model, validate_params
+from engine.models import MODELS, build_model
 from engine.store import Lake
 
 #: two uncorrelated linear tasks through a one-unit shared bottom: a real capacity trade-off
@@ -146,17 +146,7 @@ def test_every_architecture_takes_generated_weights(name: str) -> None:
     """A new architecture needs nothing for the hypernetwork: its weights are swapped in by
     name (torch.func.functional_call), the preference changes every task's output, and the
     gradient reaches the heads."""
-    cls, p = MODELS[name], validate_params(name, {})
-    checks = (
-        (getattr(cls, "check_tasks", None), TASKS),
-        (getattr(cls, "check_features", None), _DATA.features),
-    )
-    for check, arg in checks:
-        if check is not None:
-            try:
-                check(p, arg)
-            except ValueError as e:
-                pytest.skip(f"{name} does not serve the generic test data: {e}")
+    skip_unless_supported(name, None, TASKS, _DATA.features)
     with single_thread():
         torch.manual_seed(0)
         model = build_model(name, _DATA.features, TASKS, {})

@@ -16,6 +16,7 @@ from model_checks import (
     make_data,
     params_with_multi_task_grad,
     single_thread,
+    skip_unless_supported,
     train_briefly,
 )
 
@@ -43,25 +44,9 @@ def _build(
     tasks: list[TaskSpec] | None = None,
     features: FeatureSpec = DATA.features,
 ) -> MTLModel:
-    _skip_unless_supported(name, params, tasks or TASKS, features)
+    skip_unless_supported(name, params, tasks or TASKS, features)
     torch.manual_seed(seed)
     return build_model(name, features, tasks or TASKS, params)
-
-
-def _skip_unless_supported(
-    name: str, params: dict | None, tasks: list[TaskSpec], features: FeatureSpec
-) -> None:
-    """Skip a generic check for an architecture whose optional `check_tasks(params, tasks)` or
-    `check_features(params, features)` classmethod rejects the generic data (e.g. cascades
-    need binary funnels, sequence models need behaviour sequences); they carry their own tests."""
-    cls, p = MODELS[name], validate_params(name, params)
-    checks = ((getattr(cls, "check_tasks", None), tasks), (getattr(cls, "check_features", None), features))
-    for check, arg in checks:
-        if check is not None:
-            try:
-                check(p, arg)
-            except ValueError as e:
-                pytest.skip(f"{name} does not serve the generic test data: {e}")
 
 
 def _hidden_fields(cls: type[MTLModel]) -> list[str]:
