@@ -21,6 +21,7 @@ Training (engine.cosmos) draws one r per batch and minimises sum_t r_t L_t (- la
 
 from __future__ import annotations
 
+import threading
 from typing import ClassVar
 
 import torch
@@ -90,6 +91,9 @@ class HyperConditioned(nn.Module):
         # all heads in one (rank, P) matrix: one tensor for the optimiser, one product per step.
         # They start at zero: the untrained hypernetwork is the plain model at every preference.
         self.heads = nn.Parameter(torch.zeros(rank, sum(self.sizes), dtype=next(model.parameters()).dtype))
+        # functional_call swaps the generated weights into the model for the pass: one pass at a
+        # time (the dashboard evaluates one cached model from several sessions' threads)
+        self._lock = threading.Lock()
 
     def head(self, name: str) -> torch.Tensor:
         """The (rank, *shape) head of one generated parameter (a view of `heads`)."""
@@ -109,7 +113,8 @@ class HyperConditioned(nn.Module):
         return out
 
     def forward(self, batch: dict[str, torch.Tensor], pref: torch.Tensor) -> dict[str, torch.Tensor]:
-        return functional_call(self.model, self.weights(pref), (batch,), strict=False)
+        with self._lock:  # `weights` reads the model's own parameters: not while they are swapped
+            return functional_call(self.model, self.weights(pref), (batch,), strict=False)
 
     def checkpoint_state(self) -> dict[str, torch.Tensor]:
         return self.state_dict()

@@ -331,13 +331,16 @@ with sweep_col:
                     + (f" ({res['reason']})" if res["reason"] else "")
                 )
 
-# ---- a preference-conditioned model (COSMOS) ---------------------------------------------------
+# ---- a preference-conditioned model (hypernetwork or COSMOS) --------------------------------
 st.divider()
-st.subheader("Preference-conditioned model (COSMOS)")
+st.subheader("Preference-conditioned model")
 st.caption(
-    "One model that takes the task preference as an input (Ruchte & Grabocka, ICDM 2021): trained once, "
-    "it answers any preference by a forward pass. On **Pareto**, a slider moves a point along its "
-    "learned front next to the sweep's points."
+    "One model that takes the task preference as well as the inputs: trained once, it answers any "
+    "preference by a forward pass. On **Pareto**, a slider moves a point along its learned front next "
+    "to the sweep's points. **hypernet** (default): a Pareto HyperNetwork generates the weights from "
+    "the preference (Navon et al., ICLR 2021). **input**: COSMOS appends the preference to the inputs "
+    "(Ruchte & Grabocka, ICDM 2021); cheaper, but it can only shift what a layer computes, so its "
+    "front may collapse to one point."
 )
 if len(tasks) < 2:
     st.caption(f"A preference-conditioned model needs at least 2 tasks (you chose {len(tasks)}).")
@@ -355,7 +358,7 @@ else:
         if cosmos_cfg is not None:
             st.caption(
                 f"{arch_name} on {ds_name} ({', '.join(tasks)}), {int(epochs)} epoch(s), seed {seeds[0]}; "
-                "the balancer above is not used (the COSMOS loss replaces it)."
+                "the balancer above is not used (the preference-weighted loss replaces it)."
             )
         if st.button(
             "Train a preference-conditioned model",

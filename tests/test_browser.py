@@ -160,29 +160,38 @@ def _star(pg: Any) -> list[float] | None:
 
 
 def test_cosmos_from_launch_then_the_pareto_preference_slider(server: dict[str, Any], page: Any) -> None:
-    """Launch queues a preference-conditioned model (COSMOS) for the app's worker; once trained, the
-    Pareto page draws its learned front and the slider moves the ★ along it."""
+    """Launch queues a preference-conditioned model (a Pareto HyperNetwork, the default) for the
+    app's worker; once trained, the Pareto page draws its learned front and the slider moves the ★
+    along it."""
     url, home = server["url"], server["home"]
     pg = page
     before = set(_lake_states(home))
     pg.goto(url + "/launch")
     _wait_app_idle(pg)
-    # the quick preset's data and training settings, so the learned front sits next to its runs
+    # a real capacity trade-off: two uncorrelated linear tasks through a one-unit shared bottom
+    # (the bottom can follow one task's direction, not both), so the learned front spans it
     pg.get_by_text("Dataset parameters").click()
     for label, value in (
         ("N Samples", "3000"),
         ("Dim", "16"),
-        ("Correlation", "-0.6"),
-        ("N Sines", "4"),
-        ("Epochs", "30"),
-        ("Batch size", "32"),
+        ("Correlation", "0"),
+        ("N Sines", "0"),
+        ("Epochs", "20"),
+        ("Batch size", "128"),
         ("Learning rate", "0.003"),
-        ("Lam", "0.01"),  # a cosine penalty about the size of these small losses
     ):
         box = pg.get_by_label(label, exact=True)
         box.fill(value)
         box.press("Enter")
         _wait_app_idle(pg)
+    pg.get_by_label("Architecture", exact=True).click()
+    pg.get_by_role("option", name="shared-bottom", exact=True).click()
+    _wait_app_idle(pg)
+    pg.get_by_text("Architecture parameters").click()
+    box = pg.get_by_label("Bottom Hidden", exact=True)
+    box.fill("1")
+    box.press("Enter")
+    _wait_app_idle(pg)
     _shot(pg, "launch-cosmos")
     pg.get_by_role("button", name="Train a preference-conditioned model").click()
     deadline = time.monotonic() + 30
@@ -219,6 +228,9 @@ def test_cosmos_from_launch_then_the_pareto_preference_slider(server: dict[str, 
     assert moved != first, "moving the preference slider did not move the highlighted point"
     _wait_app_idle(pg)
     assert "task_1 0.80 · task_2 0.20" in pg.inner_text("body")
+    settled = _star(pg)
+    # along a real trade-off: task_1's MSE falls by far more than noise as its preference grows
+    assert settled is not None and first[0] - settled[0] > 0.1, (first, settled)
     _assert_no_error(pg, "pareto after moving the slider")
     time.sleep(1.0)
     _shot(pg, "pareto-preference-moved")

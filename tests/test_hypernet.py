@@ -162,3 +162,34 @@ def test_every_architecture_takes_generated_weights(name: str) -> None:
         losses = model.task_losses(out, _BATCH.targets, _BATCH.masks)
         sum(losses.values()).backward()  # type: ignore[union-attr]
         assert hyper.heads.grad is not None and hyper.heads.grad.abs().sum() > 0
+
+
+def test_threads_sharing_one_hypernetwork_get_their_own_preferences() -> None:
+    """The dashboard evaluates one cached model from several sessions at once: a pass swaps the
+    generated weights into the model, so passes must not interleave."""
+    import threading
+
+    data = load_dataset("synthetic-correlation", {"n_samples": 400, "dim": 8}, 0)
+    torch.manual_seed(0)
+    hyper = HyperConditioned(build_model("mmoe", data.features, data.tasks, {}), 2, rank=4)
+    with torch.no_grad():
+        hyper.heads.normal_(0, 0.2)
+    hyper.eval()
+    x = {"dense": data.val.features["dense"]}
+    prefs = [torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])]
+    with torch.no_grad():
+        want = [hyper(x, p)["task_1"].clone() for p in prefs]
+    bad: list[int] = []
+
+    def worker(i: int) -> None:
+        with torch.no_grad():
+            for _ in range(40):
+                if not torch.equal(hyper(x, prefs[i])["task_1"], want[i]):
+                    bad.append(i)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in (0, 1, 0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert bad == []
