@@ -306,3 +306,56 @@ def page_links(run_ids: Sequence[str], exclude: str = "") -> None:
     qp = state.view_params(runs=list(run_ids))
     for col, (page, title, icon) in zip(cols, targets, strict=True):
         col.page_link(page, label=f"Open in {title}", icon=icon, query_params=qp)
+
+
+def finished_runs_or_stop(empty_title: str, waiting: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(all runs, finished runs); stops the page with a message when there are none of either."""
+    runs = queries.runs()
+    if runs.empty:
+        empty_lake(empty_title)
+        st.stop()
+    done = runs[runs["status"] == "finished"]
+    if done.empty:
+        st.info(waiting)
+        st.stop()
+    return runs, done
+
+
+def front_pickers(
+    runs: pd.DataFrame,
+    done: pd.DataFrame,
+    prefix: str,
+    all_label: str,
+) -> tuple[str, pd.DataFrame, str, str]:
+    """The Pareto and Report pages' top row: dataset, points (all runs or one sweep), colour by.
+
+    Returns (dataset, that dataset's finished runs, chosen sweep id or "",
+    colour column); widget keys and URL parameters are `<prefix>_dataset`, ... and dataset,
+    sweep, color."""
+    datasets = list(dict.fromkeys(done["dataset"].dropna()))
+    top = st.columns([2, 2, 1])
+    with top[0]:
+        ds = url_selectbox(
+            "Dataset", datasets, "dataset", f"{prefix}_dataset", default=dataset_of_view(runs, datasets)
+        )
+    pool = done[done["dataset"] == ds]
+    sweeps = sorted(s for s in pool["sweep_id"].dropna().unique() if s)
+    with top[1]:
+        sweep = url_selectbox(
+            "Points",
+            ["", *sweeps],
+            "sweep",
+            f"{prefix}_sweep",
+            default="",
+            format_func=lambda s: f"sweep {s}" if s else all_label,
+        )
+    with top[2]:
+        color_by = url_selectbox(
+            "Colour by",
+            ["balancer", "arch"],
+            "color",
+            f"{prefix}_color",
+            default="balancer",
+            format_func=lambda c: "architecture" if c == "arch" else c,
+        )
+    return ds or "", pool, sweep or "", color_by or "balancer"

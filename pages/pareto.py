@@ -30,44 +30,14 @@ require_entry()
 
 st.title("Pareto")
 st.caption("A run is on the front when no other run is at least as good on both metrics and better on one.")
-runs = queries.runs()
-if runs.empty:
-    widgets.empty_lake("No runs to compare yet")
-    st.stop()
-done = runs[runs["status"] == "finished"]
-if done.empty:
-    st.info("No finished run yet: points appear here when runs finish (their test metrics).")
-    st.stop()
-
-datasets = list(dict.fromkeys(done["dataset"].dropna()))
-top = st.columns([2, 2, 1])
-with top[0]:
-    ds = widgets.url_selectbox(
-        "Dataset", datasets, "dataset", "pareto_dataset", default=widgets.dataset_of_view(runs, datasets)
-    )
+runs, done = widgets.finished_runs_or_stop(
+    "No runs to compare yet", "No finished run yet: points appear here when runs finish (their test metrics)."
+)
+ds, pool, sweep, color_by = widgets.front_pickers(runs, done, "pareto", "all finished runs")
 cosmos_all = queries.cosmos_runs(done, ds)  # preference-conditioned models: drawn as a learned front
-pool = done[(done["dataset"] == ds) & ~done["run_id"].isin(cosmos_all["run_id"])]
-sweeps = sorted(s for s in pool["sweep_id"].dropna().unique() if s)
-with top[1]:
-    sweep = widgets.url_selectbox(
-        "Points",
-        ["", *sweeps],
-        "sweep",
-        "pareto_sweep",
-        default="",
-        format_func=lambda s: f"sweep {s}" if s else "all finished runs",
-    )
+pool = pool[~pool["run_id"].isin(cosmos_all["run_id"])]
 if sweep:
     pool = pool[pool["sweep_id"] == sweep]
-with top[2]:
-    color_by = widgets.url_selectbox(
-        "Colour by",
-        ["balancer", "arch"],
-        "color",
-        "pareto_color",
-        default="balancer",
-        format_func=lambda c: "architecture" if c == "arch" else c,
-    )
 
 source = pool if not pool.empty else done[done["run_id"].isin(cosmos_all["run_id"])]
 metrics = [c for c in metric_columns(source) if source[c].notna().any()]

@@ -20,42 +20,12 @@ st.caption(
     "A trade-off report to keep: the front of the chosen runs, what each point gains and loses "
     "against a reference run in plain words, with directions, units, seeds and every configuration."
 )
-runs = queries.runs()
-if runs.empty:
-    widgets.empty_lake("Nothing to report yet")
-    st.stop()
-done = runs[runs["status"] == "finished"]
-if done.empty:
-    st.info("No finished run yet: a report uses the test metrics of finished runs.")
-    st.stop()
+runs, done = widgets.finished_runs_or_stop(
+    "Nothing to report yet", "No finished run yet: a report uses the test metrics of finished runs."
+)
 
 # ---- what goes in ----------------------------------------------------------------------------
-datasets = list(dict.fromkeys(done["dataset"].dropna()))
-top = st.columns([2, 2, 1])
-with top[0]:
-    ds = widgets.url_selectbox(
-        "Dataset", datasets, "dataset", "report_dataset", default=widgets.dataset_of_view(runs, datasets)
-    )
-pool = done[done["dataset"] == ds]
-sweeps = sorted(s for s in pool["sweep_id"].dropna().unique() if s)
-with top[1]:
-    sweep = widgets.url_selectbox(
-        "Points",
-        ["", *sweeps],
-        "sweep",
-        "report_sweep",
-        default="",
-        format_func=lambda s: f"sweep {s}" if s else "runs I pick",
-    )
-with top[2]:
-    color_by = widgets.url_selectbox(
-        "Colour by",
-        ["balancer", "arch"],
-        "color",
-        "report_color",
-        default="balancer",
-        format_func=lambda c: "architecture" if c == "arch" else c,
-    )
+ds, pool, sweep, color_by = widgets.front_pickers(runs, done, "report", "runs I pick")
 if sweep:
     chosen = pool[pool["sweep_id"] == sweep]
     st.caption(f"{len(chosen)} finished run(s) of sweep `{sweep}`.")
