@@ -570,7 +570,11 @@ def load_cosmos(run_id: str, lake: Lake | None = None) -> _Loaded:
     resolved = resolve(cfg)
     data = load_dataset(cfg.dataset, resolved["dataset"], cfg.seed).select_tasks(resolved["tasks"])
     cond = build_conditioned(cfg.arch, data, resolved["arch"], cp)
-    cond.load_checkpoint_state(ckpt["state_dict"])
+    try:
+        cond.load_checkpoint_state(ckpt["state_dict"])
+    except RuntimeError as e:  # a checkpoint of another layout or a damaged file
+        detail = " ".join(str(e).split())[:300]
+        raise ValueError(f"the checkpoint of COSMOS run {run_id} does not fit its model: {detail}") from None
     cond.eval()
     splits = {"train": data.train, "val": data.val, "test": data.test}
     loaded = _Loaded(cond.model, cond, data, splits, cp, stamp)

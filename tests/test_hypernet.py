@@ -193,3 +193,19 @@ def test_threads_sharing_one_hypernetwork_get_their_own_preferences() -> None:
     for t in threads:
         t.join()
     assert bad == []
+
+
+def test_a_checkpoint_that_does_not_fit_its_model_is_a_clear_error(
+    trade_off_run: tuple[Lake, str], tmp_path: Path
+) -> None:
+    import shutil
+
+    lake, rid = trade_off_run
+    other = Lake(tmp_path / "lake")
+    shutil.copytree(lake.run_dir(rid), other.run_dir(rid))
+    path = other.run_dir(rid) / "checkpoint.pt"
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["state_dict"] = {k: v for k, v in ckpt["state_dict"].items() if k != "heads"}
+    torch.save(ckpt, path)
+    with pytest.raises(ValueError, match=f"checkpoint of COSMOS run {rid} does not fit its model"):
+        learned_front(rid, 3, other)
