@@ -336,18 +336,36 @@ def _trunk_jacobian(
 GRAMIAN_CHUNK = 8192
 
 
-def gramian(J: torch.Tensor) -> torch.Tensor:
+def gramian(J: torch.Tensor, *, scale: float | None = None) -> torch.Tensor:
     """G = J J^T in float64, without a full float64 copy of J: the columns are converted and
-    multiplied in chunks of `GRAMIAN_CHUNK` and the chunk Gramians summed (on J's device)."""
+    multiplied in chunks of `GRAMIAN_CHUNK` and the chunk Gramians summed (on J's device).
+
+    The products are taken of J / s, s the power of two with J's largest |entry| / s in [0.5, 1),
+    and the sum multiplied by s^2: exact in float64 (a power-of-two scaling only moves exponents),
+    but entries of 1e-161 or 1e155, whose products underflow or overflow, no longer spoil the sum;
+    only G itself can still leave float64's range. With `scale` = s given, the Gramian of J / s is
+    returned instead, without the s^2 factor (s a power of two keeps it exact): Gramian-based
+    balancers solve on that one (`engine.balancers.numerics`)."""
     J = J.detach()
-    if J.dtype == torch.float64:
-        return J @ J.T
+    T = J.shape[0]
+    s = scale
+    if s is None:
+        s = 1.0
+        if J.numel():
+            lo, hi = torch.aminmax(J)
+            top = torch.maximum(-lo, hi).double()
+            if bool(torch.isfinite(top)) and float(top) > 0.0:
+                s = 2.0 ** min(int(torch.frexp(top).exponent), 1023)
     G: torch.Tensor | None = None
     for a in range(0, J.shape[1], GRAMIAN_CHUNK):
         Jc = J[:, a : a + GRAMIAN_CHUNK].double()
+        if s != 1.0:
+            Jc = Jc / s
         g = Jc @ Jc.T
         G = g if G is None else G + g
-    return G if G is not None else J.new_zeros((J.shape[0], J.shape[0]), dtype=torch.float64)
+    if G is None:
+        return J.new_zeros((T, T), dtype=torch.float64)
+    return G * s * s if scale is None and s != 1.0 else G
 
 
 # ----------------------------------------------------------------------------- statistics

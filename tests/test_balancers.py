@@ -30,7 +30,7 @@ from engine.balancers import BALANCERS, build_balancer
 from engine.balancers.base import Balancer, BalancerParams, GradientAggregation, LossWeighting, StepContext
 from engine.balancers.cagrad import cagrad_objective
 from engine.balancers.fixed import Fixed
-from engine.balancers.pcgrad import ZERO_NORM_SQ
+from engine.balancers.numerics import ZERO_NORM_SQ
 from engine.balancers.solvers import dual_cone_projection, min_norm_simplex, project_simplex
 
 NAMES = sorted(BALANCERS)

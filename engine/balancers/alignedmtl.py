@@ -15,7 +15,9 @@ pref = 1 (LibMTL's `B.sum(0)`), so the weights are B @ 1. With no eigenvalue abo
 (all gradients zero) B = I.
 
 torchjd's `AlignedMTLWeighting` uses the same B with pref = 1/T: its weights are these divided
-by T. The weights do not depend on the gradients' scale (B is homogeneous of degree 0 in G).
+by T. The weights do not depend on the gradients' scale (B is homogeneous of degree 0 in G), so
+they are solved on the Gramian of J / s (`GradientAggregation.weights_from_scaled_gramian`), which
+does not underflow for gradients of 1e-161 as J J^T does.
 """
 
 from __future__ import annotations
@@ -68,6 +70,12 @@ class AlignedMTL(GradientAggregation):
         )
 
     params: Params
+
+    def weights_degree(self) -> int:
+        return 0
+
+    def internals_degrees(self) -> dict[str, int]:
+        return {"sigma_min": 1}
 
     def gramian_weights(self, G: torch.Tensor) -> torch.Tensor:
         Gd = G.detach().double().cpu().numpy()

@@ -15,7 +15,12 @@ Two base classes cover the two families:
   Where the method is a function of the Gramian G = J J^T alone, write it as
   `gramian_weights(G) -> w` (or `weights_from_gramian(G, ctx)`) and keep the default `aggregate`
   (`direction = w @ J`, torchjd's style): the method then also runs on the representation
-  Gramian when a run opts in (`gramian_based()`, engine.representation).
+  Gramian when a run opts in (`gramian_based()`, engine.representation). Such a method also
+  says how its weights scale with the Gramian (`weights_degree`: 0 when scale-invariant): the
+  weights are then solved on the Gramian of J / s, s a power of two that brings J's entries to
+  order 1, and mapped back exactly, since J J^T itself underflows or overflows in float64 for
+  gradients of 1e-161 or 1e155 (`weights_from_scaled_gramian`, engine.balancers.numerics,
+  which also holds the zero-gradient cut-off shared by the balancers).
 
 Optimiser-level methods (AdaTask) also override `shared_optimizer`: their `backward` writes the
 final update direction of the shared parameters into `.grad`, and the trainer steps those
@@ -31,6 +36,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from engine.balancers.numerics import jacobian_scale, rescale, scale_gramian
 from engine.gradients import gramian, jacobian
 from engine.representation import representation_backward
 
@@ -179,8 +185,11 @@ class GradientAggregation(Balancer):
 
     def aggregate(self, J: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
         """(direction (P,), effective task weights (T,)). Default: Gramian weighting,
-        w = weights_from_gramian(J J^T) and direction w @ J."""
-        w = self.weights_from_gramian(gramian(J), ctx).to(J.dtype)
+        w = weights_from_gramian(J J^T) and direction w @ J. The Gramian is taken of J / s (s the
+        power of two of J's largest |entry|, `weights_from_scaled_gramian`), so that gradients of
+        1e-161 or 1e155, whose J J^T underflows or overflows in float64, get the same weights."""
+        s = jacobian_scale(J)
+        w = self.weights_from_scaled_gramian(gramian(J, scale=s), s, ctx).to(J.dtype)
         return w @ J, w
 
     def weights_from_gramian(self, G: torch.Tensor, ctx: StepContext) -> torch.Tensor:
@@ -189,6 +198,40 @@ class GradientAggregation(Balancer):
 
     def gramian_weights(self, G: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def weights_degree(self) -> int | None:
+        """k with weights_from_gramian(s^2 G) = s^k weights_from_gramian(G) for every s > 0 (up to
+        rounding; exactly for a power of two s): 0 for a scale-invariant method, -1 when the weights
+        scale as 1 / ||g|| (Nash-MTL). None (the default): not homogeneous, or not known to be."""
+        return None
+
+    def internals_degrees(self) -> dict[str, int]:
+        """Internals that scale with the gradients, key -> d with value(s J) = s^d value(J) (a
+        norm: 1, a squared norm: 2); `weights_from_scaled_gramian` maps them back to raw units."""
+        return {}
+
+    def weights_from_scaled_gramian(self, G: torch.Tensor, s: float, ctx: StepContext) -> torch.Tensor:
+        """Task weights for the Gramian s^2 G, given G (the Gramian of J / s, entries of order 1)
+        and the power of two s. Default: a homogeneous method (`weights_degree` k) solves on G and
+        multiplies the weights by s^k and its scaled internals by s^d (exact: powers of two);
+        one that is not (None) solves on s^2 G itself, which may underflow or overflow."""
+        k = self.weights_degree()
+        if k is None:
+            return self.weights_from_gramian(G * s * s if s != 1.0 else G, ctx)
+        w = self.weights_from_gramian(G, ctx)
+        if s != 1.0:
+            if k:
+                w = w * rescale(1.0, s, k)
+            for key, d in self.internals_degrees().items():
+                if key in self.last_internals:
+                    self.last_internals[key] = rescale(self.last_internals[key], s, d)
+        return w
+
+    def weights_from_unscaled_gramian(self, G: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        """`weights_from_scaled_gramian` for a Gramian computed unscaled (the representation one):
+        divided by the power of two s^2 nearest its largest diagonal entry first."""
+        Gs, s = scale_gramian(G)
+        return self.weights_from_scaled_gramian(Gs, s, ctx)
 
     @classmethod
     def gramian_based(cls) -> bool:
@@ -208,14 +251,14 @@ class GradientAggregation(Balancer):
                     ctx.losses,
                     ctx.shared_params,
                     ctx.task_params,
-                    lambda G: self.weights_from_gramian(G, ctx),
+                    lambda G: self.weights_from_unscaled_gramian(G, ctx),
                 )
                 if w is not None:
                     return w
             J = ctx.jacobian()  # a statistics step: the representation Gramian came with J
             G = ctx.representation_gramian
             if G is not None:
-                w = self.weights_from_gramian(G, ctx).to(J.dtype)
+                w = self.weights_from_unscaled_gramian(G, ctx).to(J.dtype)
                 ctx.write_task_grads(ones)
                 write_flat_grad(ctx.shared_params, w @ J)
                 return w.detach()

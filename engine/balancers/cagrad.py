@@ -38,11 +38,15 @@ Three more measures keep every step independent of the order: the dual is solved
 (scale-free; its solver's tolerances are absolute); the exact min-norm point of the unit
 gradients' hull (MGDA's active set on the cosine matrix) is a candidate, since it reaches the
 kink of f at g_w = 0 when the origin is in the hull, where the iterative solver stalls; a
-gradient with ||g_t||^2 <= 3e-17 of the largest (a norm ratio of 5.5e-9; not a round number, so
-that nice inputs do not sit on it) counts as zero: it adds the origin to the hull (the dual value
-is then min(0, the value over the other gradients), solved over those only) and constrains
-nothing in the cone. Reported w_t: the dual weights, the zero gradients sharing the weight
-equally when the origin is the dual optimum.
+gradient with ||g_t|| <= `ZERO_NORM` max_k ||g_k|| (the cut-off shared by the Gramian-based
+balancers, `numerics`) counts as zero: it adds the origin to the hull (the dual value is then
+min(0, the value over the other gradients), solved over those only) and constrains nothing in the
+cone. Reported w_t: the dual weights, the zero gradients sharing the weight equally when the
+origin is the dual optimum.
+
+Scale: the effective weights are scale-invariant (everything above is solved on G / max_t G_tt),
+so they are solved on the Gramian of J / s (`GradientAggregation.weights_from_scaled_gramian`):
+gradients of 1e-161, whose J J^T underflows, give the weights of gradients of 1.
 """
 
 from __future__ import annotations
@@ -55,9 +59,9 @@ import torch
 from pydantic import Field
 
 from engine.balancers.base import BalancerParams, GradientAggregation
+from engine.balancers.numerics import nonzero_gradients
 from engine.balancers.solvers import dual_cone_projection, min_norm_simplex, minimize_on_simplex
 
-ZERO_NORM_SQ = 3e-17  # relative to the largest ||g_t||^2 (a norm ratio of 5.5e-9): below, a zero gradient
 DEGENERATE = 1e-7  # the degenerate band (module docstring), relative to m_w = sum_t w_t ||g_t||
 VALUE_FLOOR = 1e-12  # and its floor, relative to max_t ||g_t||
 
@@ -104,7 +108,7 @@ def cagrad_weights(G: np.ndarray, c: float) -> tuple[np.ndarray, dict[str, float
         info = {f"w_{i}": float(v) for i, v in enumerate(b)}
         return b, {**info, "gw_norm": 0.0, "cone_projection": 0.0}
     sqrt_phi = c * g0_norm
-    nz = diag > ZERO_NORM_SQ * scale
+    nz = nonzero_gradients(diag)
     n = np.sqrt(diag[nz] / scale)  # the non-zero gradients' norms, the largest = 1
     Gz = Gn[np.ix_(nz, nz)]
     k = int(nz.sum())
@@ -161,6 +165,12 @@ class CAGrad(GradientAggregation):
         rescale: bool = Field(True, description="divide the update by 1 + c^2 (official code's rescale=1)")
 
     params: Params
+
+    def weights_degree(self) -> int:
+        return 0
+
+    def internals_degrees(self) -> dict[str, int]:
+        return {"gw_norm": 1}
 
     def gramian_weights(self, G: torch.Tensor) -> torch.Tensor:
         c = float(self.params.c)

@@ -30,9 +30,9 @@ import torch
 from pydantic import Field
 
 from engine.balancers.base import BalancerParams, GradientAggregation, StepContext
+from engine.balancers.numerics import ZERO_NORM  # relative to the largest (EMA) norm: the shared cut-off
 
 EPS = 1e-8  # log(L + eps), as in the reference
-ZERO_NORM = 1e-12  # relative to the largest EMA norm
 
 
 class DBMTL(GradientAggregation):

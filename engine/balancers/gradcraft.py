@@ -21,9 +21,16 @@ Two steps on the task gradients g_t of the shared parameters:
    linearly dependent). The update is the mean of the h_i' (the official code's reduction).
 
 Everything is on the Gramian (H H^T = S G S), so the weights are exact: w = (1/T) sum_i C_i with
-C_i the coefficients of h_i' on the raw gradients. A zero gradient (||g_t||^2 <= 1e-24 of the
-largest) is not rescaled (s_t = 1) and conflicts with nothing. Note h_i' can conflict with a task
-outside N_i (as in the paper): GradCraft removes the conflicts it starts from, not all of them.
+C_i the coefficients of h_i' on the raw gradients. A zero gradient (||g_t|| <= `ZERO_NORM` of the
+largest, the cut-off shared by the Gramian-based balancers) is not rescaled (s_t = 1) and
+conflicts with nothing. Note h_i' can conflict with a task outside N_i (as in the paper):
+GradCraft removes the conflicts it starts from, not all of them.
+
+Scale: the factors s_t are ratios of norms and the projections scale-free, so the weights do not
+depend on the gradients' scale; they are solved on the Gramian of J / sigma
+(`GradientAggregation.weights_from_scaled_gramian`, which does not underflow for gradients of
+1e-161 as J J^T does), with the norms mapped back to raw units for the EMA of the magnitudes (a
+power of two sigma: exact), so an EMA over steps of different scales is the unscaled one.
 
 Defaults: tau = 1 (the official configuration's default; its tuned runs range over [0, 1]),
 eps = 1e-8 (the official search range is 1e-10 to 1e-8), b = 0.
@@ -36,9 +43,8 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from engine.balancers.base import BalancerParams, GradientAggregation
-
-ZERO_NORM_SQ = 1e-24  # relative to the largest ||g_t||^2: below this a gradient counts as zero
+from engine.balancers.base import BalancerParams, GradientAggregation, StepContext
+from engine.balancers.numerics import nonzero_gradients
 
 
 class GradCraft(GradientAggregation):
@@ -65,7 +71,16 @@ class GradCraft(GradientAggregation):
         super().__init__(task_names, params)
         self._magnitudes = np.zeros(self.n_tasks)
 
+    def weights_degree(self) -> int:
+        return 0
+
     def gramian_weights(self, G: torch.Tensor) -> torch.Tensor:
+        return self.weights_from_scaled_gramian(G, 1.0, None)
+
+    def weights_from_scaled_gramian(
+        self, G: torch.Tensor, sigma: float, ctx: StepContext | None
+    ) -> torch.Tensor:
+        """Weights for the Gramian sigma^2 G (scale-free), the magnitudes' EMA kept in raw units."""
         Gd = G.detach().double().cpu().numpy()
         Gd = 0.5 * (Gd + Gd.T)
         T = Gd.shape[0]
@@ -74,9 +89,9 @@ class GradCraft(GradientAggregation):
         if not np.all(np.isfinite(Gd)):
             return torch.full((T,), float("nan"), device=G.device, dtype=G.dtype)
         diag = np.clip(np.diag(Gd), 0.0, None)
-        top = float(diag.max())
-        nz = (diag > ZERO_NORM_SQ * top) & (diag > 0.0)
-        self._magnitudes = self.params.beta * self._magnitudes + (1.0 - self.params.beta) * np.sqrt(diag)
+        nz = nonzero_gradients(diag)
+        norms = np.sqrt(diag) * sigma  # raw ||g_t||: sigma is a power of two
+        self._magnitudes = self.params.beta * self._magnitudes + (1.0 - self.params.beta) * norms
         m = self._magnitudes
         s = np.ones(T)
         if nz.any():

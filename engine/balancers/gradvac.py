@@ -22,15 +22,19 @@ logged task weights rely on, and the trainer's shared parameters carry no layer 
 every architecture agrees on.
 
 Degenerate pairs: no correction and no target update when a norm is (numerically) zero (the cosine
-is undefined): a zero g_j (`ZERO_NORM_SQ` as in PCGrad), or a g_i' that earlier corrections
-cancelled to rounding noise (||g_i'||^2 <= 1e-12 (sum_k |C_ik| ||g_k||)^2, e.g. g_j = -g_i with a
-target above -1); likewise when the target's sqrt(1 - phi_hat^2) <= 1e-12 (a
-target cosine of 1 cannot be reached by adding a finite multiple of g_j). Cosines are clipped to
-[-1, 1].
+is undefined): a zero g_j (`ZERO_NORM`, the cut-off shared by the Gramian-based balancers), or a
+g_i' that earlier corrections cancelled to rounding noise (||g_i'||^2 <= 1e-12 (sum_k |C_ik|
+||g_k||)^2, e.g. g_j = -g_i with a target above -1); likewise when the target's
+sqrt(1 - phi_hat^2) <= 1e-12 (a target cosine of 1 cannot be reached by adding a finite multiple
+of g_j). Cosines are clipped to [-1, 1].
 
 Order: for every step, T x T uniform keys are drawn from a generator seeded once; task i visits
 the others by increasing key. The keys are indexed by the tasks' *names* (sorted rank), so
 listing the tasks in another order changes nothing; `random_order=False` visits 0..T-1.
+
+Scale: the coefficients are ratios of norms and the cosines scale-free, so the weights are solved
+on the Gramian of J / s (`GradientAggregation.weights_from_scaled_gramian`), which does not
+underflow for gradients of 1e-161 as J J^T does.
 """
 
 from __future__ import annotations
@@ -42,8 +46,8 @@ import torch
 from pydantic import Field
 
 from engine.balancers.base import BalancerParams, GradientAggregation
+from engine.balancers.numerics import nonzero_gradients
 
-ZERO_NORM_SQ = 1e-24  # relative to the largest ||g_t||^2: below this a gradient counts as zero
 CANCELLED = 1e-12  # ||g_i'||^2 below this times (sum_k |C_ik| ||g_k||)^2 is cancellation noise
 
 
@@ -76,13 +80,15 @@ class GradVac(GradientAggregation):
         keys = self._rng.random((T, T))[np.ix_(self._rank, self._rank)]
         return [sorted((j for j in range(T) if j != i), key=lambda j, i=i: keys[i, j]) for i in range(T)]
 
+    def weights_degree(self) -> int:
+        return 0
+
     def gramian_weights(self, G: torch.Tensor) -> torch.Tensor:
         Gn = G.detach().double().cpu().numpy()
         Gn = 0.5 * (Gn + Gn.T)
         T = Gn.shape[0]
         diag = np.clip(np.diag(Gn), 0.0, None)
-        top = float(diag.max()) if T else 0.0
-        usable = (diag > ZERO_NORM_SQ * top) & (diag > 0.0)
+        usable = nonzero_gradients(diag)
         norms = np.sqrt(diag)
         beta = self.params.beta
         C = np.eye(T)

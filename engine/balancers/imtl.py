@@ -13,11 +13,14 @@ since G v = n means g_t . (v^T J) = ||g_t|| for every t. That form is used here 
 for linearly dependent gradients too; a = 0 when |sum(v)| is below 1e-12 on the normalised
 Gramian, as in torchjd).
 
-Numerics: the weights do not depend on the gradients' scale, so G is divided by its largest
-diagonal entry first. When the cosine matrix of the non-zero gradients is well conditioned,
-v is computed as v_t = (C^{-1} 1)_t / n_t with C_ij = G_ij / (n_i n_j) (mathematically equal to
-G^{-1} n, and accurate when gradient norms differ by orders of magnitude); otherwise G^+ n with
-a pseudo-inverse. Zero gradients get weight 0 either way (their row and column of G are zero).
+Numerics: the weights do not depend on the gradients' scale, so they are solved on the Gramian of
+J / s (`GradientAggregation.weights_from_scaled_gramian`: J J^T underflows for gradients of
+1e-161), and G is divided by its largest diagonal entry first. Gradients with ||g_t|| <=
+`ZERO_NORM` max_k ||g_k|| count as zero (the cut-off shared by the Gramian-based balancers).
+When the cosine matrix of the non-zero gradients is well conditioned, v is computed as
+v_t = (C^{-1} 1)_t / n_t with C_ij = G_ij / (n_i n_j) (mathematically equal to G^{-1} n, and
+accurate when gradient norms differ by orders of magnitude); otherwise G^+ n with a
+pseudo-inverse. Zero gradients get weight 0 either way (their row and column of G are zero).
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ import numpy as np
 import torch
 
 from engine.balancers.base import GradientAggregation
+from engine.balancers.numerics import nonzero_gradients
 
-ZERO_NORM_SQ = 1e-24  # relative to the largest ||g_t||^2: below this a gradient counts as zero
 WELL_CONDITIONED = 1e-8  # smallest eigenvalue of the cosine matrix for the scaled solve
 ZERO_SUM = 1e-12
 
@@ -44,7 +47,7 @@ def imtl_weights(G: np.ndarray) -> np.ndarray:
         return np.zeros(T)
     Gn = G / scale
     diag = np.clip(np.diag(Gn), 0.0, None)
-    nz = diag > ZERO_NORM_SQ
+    nz = nonzero_gradients(diag)
     n = np.sqrt(diag)
     v = np.zeros(T)
     sub = Gn[np.ix_(nz, nz)]
@@ -66,11 +69,17 @@ class IMTL(GradientAggregation):
     name = "imtl"
     description = "IMTL-G: the combined step projects equally onto every task's gradient direction."
 
+    def weights_degree(self) -> int:
+        return 0
+
+    def internals_degrees(self) -> dict[str, int]:
+        return {"projection": 1}
+
     def gramian_weights(self, G: torch.Tensor) -> torch.Tensor:
         Gd = G.detach().double().cpu().numpy()
         w = imtl_weights(Gd)
         norms = np.sqrt(np.clip(np.diag(Gd), 0.0, None))
-        nz = norms > np.sqrt(ZERO_NORM_SQ) * (norms.max() if norms.size else 0.0)
+        nz = nonzero_gradients(np.diag(Gd))
         # the common projection d . u_t (over the non-zero gradients)
         common = (Gd @ w)[nz] / norms[nz] if np.all(np.isfinite(w)) else np.zeros(0)
         self.last_internals = {"projection": float(common.mean()) if common.size else 0.0}

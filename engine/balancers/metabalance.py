@@ -35,8 +35,9 @@ import torch
 from pydantic import Field
 
 from engine.balancers.base import BalancerParams, GradientAggregation, StepContext
+from engine.balancers.numerics import ZERO_NORM
 
-ZERO_AVG = 1e-12  # an average below this fraction of the tensor's largest one counts as zero
+ZERO_AVG = ZERO_NORM  # an average below this fraction of the tensor's largest one counts as zero
 
 
 def tensor_index(params: list[torch.nn.Parameter], device: torch.device) -> torch.Tensor:

@@ -10,6 +10,12 @@ Normalisation (LibMTL's `mgda_gn`): before solving, gradient t is divided by n_t
 n_t = 1 ("none"), ||g_t|| ("l2"), L_t ("loss") or L_t ||g_t|| ("loss+"). The solution v on the
 normalised gradients is mapped back to raw-gradient weights w_t = v_t / n_t, so that
 direction == w @ J. A normaliser that is zero or not finite is replaced by 1.
+
+Scale: v does not depend on the gradients' scale (the min-norm solver normalises G), so w does not
+either for "none" and "loss", and scales as 1 / ||g|| for "l2" and "loss+". The weights are solved
+on the Gramian of J / s (`GradientAggregation.weights_from_scaled_gramian`), which does not
+underflow for gradients of 1e-161 as J J^T does, with the norms mapped back to raw units (a
+power of two s: exact), so w is what the unscaled Gramian gives wherever that is representable.
 """
 
 from __future__ import annotations
@@ -21,16 +27,20 @@ import torch
 from pydantic import Field
 
 from engine.balancers.base import BalancerParams, GradientAggregation, StepContext
+from engine.balancers.numerics import rescale
 from engine.balancers.solvers import min_norm_simplex
 
 Normaliser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
+#: n_t from the gradient norms ||g_t|| and the losses L_t
 NORMALISERS: dict[str, Normaliser] = {
-    "none": lambda G, L: torch.ones_like(L),
-    "l2": lambda G, L: torch.diagonal(G).clamp_min(0.0).sqrt(),
-    "loss": lambda G, L: L,
-    "loss+": lambda G, L: L * torch.diagonal(G).clamp_min(0.0).sqrt(),
+    "none": lambda norms, L: torch.ones_like(L),
+    "l2": lambda norms, L: norms,
+    "loss": lambda norms, L: L,
+    "loss+": lambda norms, L: L * norms,
 }
+#: the power of the gradient norm in each normaliser (n_t is homogeneous of this degree in g_t)
+NORM_DEGREE: dict[str, int] = {"none": 0, "l2": 1, "loss": 0, "loss+": 1}
 
 
 class MGDA(GradientAggregation):
@@ -51,11 +61,23 @@ class MGDA(GradientAggregation):
         w = min_norm_simplex(G.detach().double().cpu().numpy())
         return torch.as_tensor(w, device=G.device, dtype=G.dtype)
 
+    def weights_degree(self) -> int:
+        return -NORM_DEGREE[self.params.normalization]  # w = v / n, v scale-free
+
     def weights_from_gramian(self, G: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        n = NORMALISERS[self.params.normalization](G, ctx.losses.detach().double().to(G.device))
-        n = torch.where(torch.isfinite(n) & (n > 0), n, torch.ones_like(n))
-        Gn = G / (n[:, None] * n[None, :])
+        return self.weights_from_scaled_gramian(G, 1.0, ctx)
+
+    def weights_from_scaled_gramian(self, G: torch.Tensor, s: float, ctx: StepContext) -> torch.Tensor:
+        """w = v / n for the Gramian s^2 G, computed on G: with p the normaliser's degree in the
+        gradients, m = n / s^p is the normaliser of J / s and G / (m m^T) is the normalised Gramian
+        G / (n n^T) up to the factor s^(2p - 2), which v does not depend on."""
+        p = NORM_DEGREE[self.params.normalization]
+        norms = torch.diagonal(G).clamp_min(0.0).sqrt()
+        m = NORMALISERS[self.params.normalization](norms, ctx.losses.detach().double().to(G.device))
+        unit = rescale(1.0, s, -p)  # a replaced n_t = 1, in the units of m
+        m = torch.where(torch.isfinite(m) & (m > 0), m, torch.full_like(m, unit))
+        Gn = G / (m[:, None] * m[None, :])
         v = self.gramian_weights(Gn)
-        w = v / n
-        self.last_internals = {"min_norm_sq": float(v @ Gn @ v)}
+        w = (v / m) * unit
+        self.last_internals = {"min_norm_sq": rescale(float(v @ Gn @ v), s, 2 - 2 * p)}
         return w

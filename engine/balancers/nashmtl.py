@@ -19,12 +19,13 @@ sequence of convex programs in CVXPY (ECOS, 20 concave-convex iterations, stoppi
   the decrement is below 1e-24: a handful of iterations.
 
 When no solution exists (a task with a zero gradient, or a non-negative combination of gradients
-that is zero, e.g. g_2 = -g_1: no direction improves every task) f is unbounded below. Two
-guards keep the answer finite and documented: zero gradients (||g_t||^2 <= 1e-24 max_k
-||g_k||^2) get weight 0 and take no part; and f gets a ridge 1/2 RIDGE ||b||^2 (1e-10 on the
-unit-diagonal C), which makes an unsolvable problem bounded. Newton steps without the ridge then
-polish the ridged solution, and the polished one is kept when its residual falls below 1e-9 (a
-solution exists; when none does, the residual stays of order 1 however large b grows).
+that is zero, e.g. g_2 = -g_1: no direction improves every task) f is unbounded below. Two guards
+keep the answer finite and documented: zero gradients (||g_t|| <= `ZERO_NORM` max_k ||g_k||, the
+cut-off shared by the Gramian-based balancers) get weight 0 and take no part; and f gets a ridge
+1/2 RIDGE ||b||^2 (1e-10 on the unit-diagonal C), which makes an unsolvable problem bounded. Newton
+steps without the ridge then polish the ridged solution, and the polished one is kept when its
+residual falls below 1e-9 (a solution exists; when none does, the residual stays of order 1 however
+large b grows).
 `nash_residual` (internals) is max_t |b_t (C b)_t - 1| without the ridge: about 0 when the
 bargaining solution exists, of order 1 when it does not.
 
@@ -36,6 +37,15 @@ is max_norm (the reference clips the shared gradient norm, default 1; torchjd fo
 into the weights the same way). The reference re-solves every `update_weights_every` steps
 (default 1) warm-started from the last solution; the solution here does not depend on the start,
 so every step solves afresh. `alpha_t` in internals are the weights before clipping.
+
+Scale: the weights are not scale-invariant. For the Gramian c G the solution is a / sqrt(c)
+(a_t (c G a / c)_t = 1) and the unclipped update norm sqrt(a^T G a) (sqrt(T) when the solution
+exists) does not change, so the clipping factor does not either: the weights, clipped or not,
+scale as 1 / sqrt(c), exactly (the solve is on the cosine matrix). They are therefore solved on
+the Gramian of J / s, which does not underflow for gradients of 1e-161 as J J^T does, and
+multiplied by 1 / s (`weights_degree` = -1, `GradientAggregation.weights_from_scaled_gramian`):
+the direction w @ J is the same as at scale 1, and the same as the unscaled solve wherever J J^T
+is representable.
 """
 
 from __future__ import annotations
@@ -45,8 +55,8 @@ import torch
 from pydantic import Field
 
 from engine.balancers.base import BalancerParams, GradientAggregation
+from engine.balancers.numerics import nonzero_gradients
 
-ZERO_NORM_SQ = 1e-24  # relative to the largest ||g_t||^2: below this a gradient counts as zero
 RIDGE = 1e-10  # on the cosine matrix (unit diagonal)
 POLISHED = 1e-9  # residual below which the ridge-free polish is accepted
 MAX_NEWTON = 200
@@ -115,8 +125,7 @@ def nash_solution(G: np.ndarray) -> tuple[np.ndarray, float]:
     if T == 0 or not np.all(np.isfinite(G)):
         return (a if T == 0 else np.full(T, np.nan)), 0.0
     diag = np.clip(np.diag(G), 0.0, None)
-    top = float(diag.max())
-    nz = (diag > ZERO_NORM_SQ * top) & (diag > 0.0)
+    nz = nonzero_gradients(diag)
     if not nz.any():
         return a, 0.0
     n = np.sqrt(diag[nz])
@@ -146,6 +155,12 @@ class NashMTL(GradientAggregation):
         )
 
     params: Params
+
+    def weights_degree(self) -> int:
+        return -1  # a(c G) = a(G) / sqrt(c); the clipping factor is scale-free (module docstring)
+
+    def internals_degrees(self) -> dict[str, int]:
+        return {f"alpha_{i}": -1 for i in range(self.n_tasks)}
 
     def gramian_weights(self, G: torch.Tensor) -> torch.Tensor:
         Gd = G.detach().double().cpu().numpy()

@@ -7,8 +7,11 @@ component: g_i' -= (g_i' . g_j / ||g_j||^2) g_j. The update is sum_i g_i'.
 
 Everything runs on the Gramian: g_i' = C_i J for a T x T coefficient matrix C (start I), and
 g_i' . g_j = (C_i G)_j, so the update is exactly (C.sum(0)) @ J and C.sum(0) are the effective
-weights. A task whose gradient is numerically zero (||g_j||^2 <= 1e-24 max_t ||g_t||^2) is never
-projected against: there is no direction to remove, and 1 / ||g_j||^2 would blow the weights up.
+weights. A task whose gradient is numerically zero (||g_j|| <= `ZERO_NORM` max_t ||g_t||, the
+cut-off shared by the Gramian-based balancers, `numerics`) is never projected against: there is no
+direction to remove, and 1 / ||g_j||^2 would blow the weights up. The weights are scale-invariant
+(every coefficient is a ratio of Gramian entries), so they are solved on the Gramian of J / s
+(`GradientAggregation.weights_from_scaled_gramian`): gradients of 1e-161 give those of 1.
 """
 
 from __future__ import annotations
@@ -18,8 +21,7 @@ import torch
 from pydantic import Field
 
 from engine.balancers.base import BalancerParams, GradientAggregation
-
-ZERO_NORM_SQ = 1e-24  # relative to the largest ||g_t||^2: below this a gradient counts as zero
+from engine.balancers.numerics import nonzero_gradients
 
 
 class PCGrad(GradientAggregation):
@@ -43,12 +45,14 @@ class PCGrad(GradientAggregation):
         others = np.array([j for j in range(self.n_tasks) if j != i], dtype=np.int64)
         return self._rng.permutation(others) if self.params.random_order else others
 
+    def weights_degree(self) -> int:
+        return 0
+
     def gramian_weights(self, G: torch.Tensor) -> torch.Tensor:
         Gn = G.detach().double().cpu().numpy()
         T = Gn.shape[0]
         diag = np.diag(Gn)
-        top = float(diag.max()) if T else 0.0
-        usable = (diag > ZERO_NORM_SQ * top) & (diag > 0.0)
+        usable = nonzero_gradients(diag)
         C = np.eye(T)
         projections = 0
         for i in range(T):

@@ -26,9 +26,10 @@ from collections.abc import Callable
 import numpy as np
 from scipy.optimize import minimize, nnls
 
+from engine.balancers.numerics import nonzero_gradients
+
 Array = np.ndarray
 
-ZERO_NORM_SQ = 1e-30  # a row with ||g||^2 below this fraction of the largest counts as zero in the NNLS below
 DEPENDENT = 1e-13  # squared sine of the angle between a unit gradient and a span: below it, "in the span"
 
 
@@ -112,8 +113,8 @@ def dual_cone_projection(G: Array, v: Array) -> Array:
     multipliers sit on linearly independent gradients, so they stay bounded and anything computed
     from them through G (||lam^T J||^2 = lam^T G lam) keeps its precision. It comes from an exact
     active-set method (`_cone_nnls`) on the cosine matrix, in the variables n_t lam_t (n_t = ||g_t||),
-    so gradient norms differing by orders of magnitude do not matter. Zero rows (||g_t||^2 <= 1e-30
-    of the largest) get lam_t = 0.
+    so gradient norms differing by orders of magnitude do not matter. Zero rows (||g_t|| <=
+    `numerics.ZERO_NORM` of the largest, the cut-off shared by the balancers) get lam_t = 0.
     """
     G = np.asarray(G, dtype=np.float64)
     v = np.asarray(v, dtype=np.float64)
@@ -122,7 +123,7 @@ def dual_cone_projection(G: Array, v: Array) -> Array:
         return lam
     G = 0.5 * (G + G.T)
     diag = np.clip(np.diag(G), 0.0, None)
-    nz = diag > ZERO_NORM_SQ * diag.max()
+    nz = nonzero_gradients(diag)
     if not nz.any():
         return lam
     n = np.sqrt(diag[nz])

@@ -10,14 +10,16 @@ summed. On the Gramian: the projection of (p_i e_i)^T J is v_i^T J with
 and the weights are sum_i v_i, so direction == weights @ J conflicts with no task (each
 projection lies in the cone, and the cone is convex). Weights are at least 1/T each.
 
-Gradients with ||g_t||^2 <= 1e-24 max_k ||g_k||^2 count as zero (as in PCGrad here): they
-constrain nothing and keep their weight 1/T (they add nothing to the direction). Without this, a
-gradient of norm 1e-160 next to one of norm 1 would forbid any move, or not, depending on
-rounding. The inner problem is the `dual_cone_projection` NNLS of `solvers` (exact active-set), solved in
-the variables n_t v_t (n_t = ||g_t||), i.e. on the cosine matrix G / (n n^T): the same QP,
-but well scaled when gradient norms differ by orders of magnitude (a multiplier on a tiny
-gradient can be huge, and is then computed to full relative precision); the weights do not
-depend on the gradients' scale.
+Gradients with ||g_t|| <= `ZERO_NORM` max_k ||g_k|| count as zero (the cut-off shared by the
+Gramian-based balancers, `numerics`): they constrain nothing and keep their weight 1/T (they add
+nothing to the direction). Without this, a gradient of norm 1e-160 next to one of norm 1 would
+forbid any move, or not, depending on rounding. The weights are scale-invariant, so they are solved
+on the Gramian of J / s (`GradientAggregation.weights_from_scaled_gramian`): when all the gradients
+are of norm 1e-161, J J^T underflows, but that Gramian does not. The inner problem is the
+`dual_cone_projection` NNLS of `solvers` (exact active-set), solved in the variables n_t v_t
+(n_t = ||g_t||), i.e. on the cosine matrix G / (n n^T): the same QP, but well scaled when gradient
+norms differ by orders of magnitude (a multiplier on a tiny gradient can be huge, and is then computed to
+full relative precision); the weights do not depend on the gradients' scale.
 torchjd solves the same quadratic program with quadprog after normalising G by its trace and
 adding 1e-4 I (`reg_eps`) for positive definiteness: its weights differ from these by about
 reg_eps relatively, and agree to solver precision with reg_eps -> 0 (tests/test_balancers_torchjd.py).
@@ -29,9 +31,8 @@ import numpy as np
 import torch
 
 from engine.balancers.base import GradientAggregation
+from engine.balancers.numerics import nonzero_gradients
 from engine.balancers.solvers import dual_cone_projection
-
-ZERO_NORM_SQ = 1e-24  # relative to the largest ||g_t||^2: below this a gradient counts as zero
 
 
 def upgrad_weights(G: np.ndarray) -> np.ndarray:
@@ -45,7 +46,7 @@ def upgrad_weights(G: np.ndarray) -> np.ndarray:
         return np.full(T, np.nan)
     w = np.full(T, 1.0 / T)
     diag = np.clip(np.diag(G), 0.0, None)
-    nz = (diag > ZERO_NORM_SQ * diag.max()) & (diag > 0.0)
+    nz = nonzero_gradients(diag)
     n = np.sqrt(diag[nz])
     C = G[np.ix_(nz, nz)] / np.outer(n, n)  # cosines: the QP in the variables n_t v_t
     for i in range(n.size):
@@ -61,6 +62,9 @@ class UPGrad(GradientAggregation):
 
     name = "upgrad"
     description = "UPGrad: projects each task's gradient so it hurts no task, then averages (torchjd)."
+
+    def weights_degree(self) -> int:
+        return 0
 
     def gramian_weights(self, G: torch.Tensor) -> torch.Tensor:
         Gd = G.detach().double().cpu().numpy()
