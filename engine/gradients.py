@@ -25,6 +25,7 @@ Nothing here copies to the host: the Jacobian, Gramians and statistics stay on t
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -336,36 +337,68 @@ def _trunk_jacobian(
 GRAMIAN_CHUNK = 8192
 
 
+#: A float64 Gramian whose largest diagonal entry lies in this range was computed without
+#: underflow or overflow of the products that matter (entries of J between about 1e-100 and 1e100)
+SAFE_GRAMIAN = (1e-200, 1e200)
+
+
+def _gram(J: torch.Tensor, s: float) -> torch.Tensor:
+    """Sum over column chunks of (J_c / s)(J_c / s)^T in float64 (s a power of two: exact)."""
+    G: torch.Tensor | None = None
+    for a in range(0, J.shape[1], GRAMIAN_CHUNK):
+        # a float64 copy (never J itself, even when J is float64), divided in place (1 / s may
+        # overflow where s is subnormal)
+        Jc = (
+            J[:, a : a + GRAMIAN_CHUNK].to(torch.float64, copy=True).div_(s)
+            if s != 1.0
+            else J[:, a : a + GRAMIAN_CHUNK].double()
+        )
+        g = Jc @ Jc.T
+        G = g if G is None else G + g
+    return G if G is not None else J.new_zeros((J.shape[0], J.shape[0]), dtype=torch.float64)
+
+
+def _power_of_two(x: float) -> float:
+    """The power of two s with x / s in [0.5, 1) (1.0 for 0, negative or non-finite x)."""
+    if not (math.isfinite(x) and x > 0.0):
+        return 1.0
+    return math.ldexp(1.0, min(math.frexp(x)[1], 1023))
+
+
+def scaled_gramian(J: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """(G, s): G the float64 Gramian of J / s, s a power of two that brings G's largest
+    diagonal entry to order 1, so that G s^2 = J J^T exactly (powers of two only move exponents).
+
+    Gramian-based balancers solve on G (`engine.balancers.numerics`): J J^T itself underflows
+    or overflows in float64 for gradient entries of 1e-161 or 1e155. For ordinary magnitudes
+    J J^T is computed once and divided by s^2 (a T x T division); only outside `SAFE_GRAMIAN` is
+    it recomputed from J / s, s from J's largest |entry|."""
+    J = J.detach()
+    G = _gram(J, 1.0)
+    top = float(torch.diagonal(G).max()) if G.numel() else 0.0
+    if SAFE_GRAMIAN[0] < top < SAFE_GRAMIAN[1]:
+        s = _power_of_two(math.sqrt(top))
+        return (G / (s * s) if s != 1.0 else G), s
+    if J.numel() == 0:
+        return G, 1.0
+    lo, hi = torch.aminmax(J)
+    s = _power_of_two(max(-float(lo), float(hi)))
+    return _gram(J, s), s
+
+
 def gramian(J: torch.Tensor, *, scale: float | None = None) -> torch.Tensor:
     """G = J J^T in float64, without a full float64 copy of J: the columns are converted and
     multiplied in chunks of `GRAMIAN_CHUNK` and the chunk Gramians summed (on J's device).
 
-    The products are taken of J / s, s the power of two with J's largest |entry| / s in [0.5, 1),
-    and the sum multiplied by s^2: exact in float64 (a power-of-two scaling only moves exponents),
-    but entries of 1e-161 or 1e155, whose products underflow or overflow, no longer spoil the sum;
-    only G itself can still leave float64's range. With `scale` = s given, the Gramian of J / s is
-    returned instead, without the s^2 factor (s a power of two keeps it exact): Gramian-based
-    balancers solve on that one (`engine.balancers.numerics`)."""
+    Entries of J so small or large that their products leave float64's range (1e-161, 1e155)
+    are handled by `scaled_gramian` (G = s^2 (J/s)(J/s)^T, exact); only G itself can still
+    leave the range. With `scale` = s given (a power of two), the Gramian of J / s is returned
+    instead, without the s^2 factor."""
     J = J.detach()
-    T = J.shape[0]
-    s = scale
-    if s is None:
-        s = 1.0
-        if J.numel():
-            lo, hi = torch.aminmax(J)
-            top = torch.maximum(-lo, hi).double()
-            if bool(torch.isfinite(top)) and float(top) > 0.0:
-                s = 2.0 ** min(int(torch.frexp(top).exponent), 1023)
-    G: torch.Tensor | None = None
-    for a in range(0, J.shape[1], GRAMIAN_CHUNK):
-        Jc = J[:, a : a + GRAMIAN_CHUNK].double()
-        if s != 1.0:
-            Jc = Jc / s
-        g = Jc @ Jc.T
-        G = g if G is None else G + g
-    if G is None:
-        return J.new_zeros((T, T), dtype=torch.float64)
-    return G * s * s if scale is None and s != 1.0 else G
+    if scale is not None:
+        return _gram(J, scale)
+    G, s = scaled_gramian(J)
+    return G * (s * s) if s != 1.0 else G
 
 
 # ----------------------------------------------------------------------------- statistics

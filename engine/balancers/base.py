@@ -36,8 +36,8 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from engine.balancers.numerics import jacobian_scale, rescale, scale_gramian
-from engine.gradients import gramian, jacobian
+from engine.balancers.numerics import rescale, scale_gramian
+from engine.gradients import jacobian, scaled_gramian
 from engine.representation import representation_backward
 
 
@@ -188,8 +188,8 @@ class GradientAggregation(Balancer):
         w = weights_from_gramian(J J^T) and direction w @ J. The Gramian is taken of J / s (s the
         power of two of J's largest |entry|, `weights_from_scaled_gramian`), so that gradients of
         1e-161 or 1e155, whose J J^T underflows or overflows in float64, get the same weights."""
-        s = jacobian_scale(J)
-        w = self.weights_from_scaled_gramian(gramian(J, scale=s), s, ctx).to(J.dtype)
+        G, s = scaled_gramian(J)
+        w = self.weights_from_scaled_gramian(G, s, ctx).to(J.dtype)
         return w @ J, w
 
     def weights_from_gramian(self, G: torch.Tensor, ctx: StepContext) -> torch.Tensor:
