@@ -52,6 +52,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from engine import metrics as M
+from engine.best_epoch import BestEpoch
 from engine.config import RunConfig, load_config, resolve
 from engine.datasets import load_dataset
 from engine.datasets.base import FeatureSpec, MTLData, Split
@@ -70,6 +71,7 @@ from engine.train import (
     Writer,
     _make_optimizer,
     _metric_rows,
+    _train_loss_rows,
     prepare_run,
 )
 
@@ -283,7 +285,7 @@ def train_cosmos(
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
     total_steps = steps_per_epoch * cfg.epochs
     gen = torch.Generator().manual_seed(cfg.seed)
-    best_score, best_state, best_val, best_epoch, bad_epochs = float("inf"), None, {}, 0, 0
+    best = BestEpoch(cfg.patience)  # the score is minus the ray-averaged validation loss
     step = 0
     state = "finished"
     cond.train()
@@ -313,19 +315,7 @@ def train_cosmos(
             optimizer.step()
             if step % cfg.log_every == 0:
                 lv = losses.detach().cpu().tolist()
-                writer.log_metrics(
-                    [
-                        {
-                            "step": step,
-                            "epoch": epoch,
-                            "split": "train",
-                            "task": t,
-                            "metric": "loss",
-                            "value": v,
-                        }
-                        for t, v in zip(task_names, lv, strict=True)
-                    ]
-                )
+                writer.log_metrics(_train_loss_rows(step, epoch, task_names, lv))
                 writer.log_task_weights(step, dict(zip(task_names, r.cpu().tolist(), strict=True)))
             step += 1
             writer.set_progress(step, total_steps, epoch, cfg.epochs)
@@ -347,39 +337,34 @@ def train_cosmos(
             )
         )
         writer.log_balancer_stats(step, {"val_scalarised_loss": score})
-        if best_state is None or score < best_score:
-            best_score, best_val, best_epoch, bad_epochs = score, evals[0], epoch, 0
-            best_state = copy.deepcopy(cond.checkpoint_state())
-        else:
-            bad_epochs += 1
-            if cfg.patience and bad_epochs >= cfg.patience:
-                writer.log_event(
-                    "info",
-                    f"early stop after epoch {epoch}: no gain of the ray-averaged validation loss "
-                    f"for {bad_epochs} epochs",
-                )
-                break
+        if best.observe(-score, epoch, evals[0], lambda: copy.deepcopy(cond.checkpoint_state())):
+            writer.log_event(
+                "info",
+                f"early stop after epoch {epoch}: no gain of the ray-averaged validation loss "
+                f"for {best.bad_epochs} epochs",
+            )
+            break
     result = TrainResult(
         state=state,
         steps=step,
-        best_val=best_val,
-        best_epoch=best_epoch,
+        best_val=best.val,
+        best_epoch=best.epoch,
         model=cond.model if isinstance(cond, InputConditioned) else cond,  # type: ignore[arg-type]
     )
     if state == "cancelled":
         result.seconds = time.perf_counter() - t0
         return result
-    if best_state is not None:
-        cond.load_checkpoint_state(best_state)
+    if best.state is not None:
+        cond.load_checkpoint_state(best.state)
     test = evaluate_preferences(cond, test_split, data, uniform)[0]
-    writer.log_metrics(_metric_rows(step, best_epoch, "test", test))
+    writer.log_metrics(_metric_rows(step, best.epoch, "test", test))
     result.test = test
     result.seconds = time.perf_counter() - t0
     if checkpoint_path is not None:
-        save_cosmos_checkpoint(checkpoint_path, cond, cfg, cp, best_epoch)
+        save_cosmos_checkpoint(checkpoint_path, cond, cfg, cp, best.epoch)
     writer.log_event(
         "info",
-        f"finished in {result.seconds:.1f} s; best epoch {best_epoch}; "
+        f"finished in {result.seconds:.1f} s; best epoch {best.epoch}; "
         "test metrics at the uniform preference",
     )
     return result

@@ -46,10 +46,9 @@ from __future__ import annotations
 
 import copy
 import inspect
-import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +58,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from engine import metrics as M
 from engine.balancers import build_balancer
+from engine.best_epoch import BestEpoch
 from engine.config import RunConfig, resolve
 from engine.datasets import load_dataset
 from engine.datasets.base import MTLData, Split
@@ -76,6 +76,7 @@ from engine.train import (
     _make_optimizer,
     _metric_rows,
     _to_device,
+    _train_loss_rows,
     save_checkpoint,
     seed_everything,
 )
@@ -176,11 +177,7 @@ class _Member:
     state: str = "running"  # running | stopped (early stop) | cancelled | failed
     error: str = ""
     steps: int = 0
-    best_score: float = -math.inf
-    best_epoch: int = 0
-    best_val: dict[str, dict[str, float]] | None = None
-    best_state: dict[str, torch.Tensor] | None = None
-    bad_epochs: int = 0
+    best: BestEpoch = field(default_factory=BestEpoch)
 
     @property
     def active(self) -> bool:
@@ -668,7 +665,7 @@ def train_population(
         seed_everything(c.seed)
         models.append(build_model(c.arch, data.features, data.tasks, resolved["arch"]).to(device))
         w = constant_weights(c, task_names)
-        members.append(_Member(k, c, writers[k], group_of[c.seed], w))
+        members.append(_Member(k, c, writers[k], group_of[c.seed], w, best=BestEpoch(cfg.patience)))
     if route not in ("auto", "vmap"):
         raise ValueError(f"route must be 'auto' or 'vmap', got {route!r}")
     pop = PopulationModel(models, fast=route == "auto")  # copies the weights; `models` get the results
@@ -742,19 +739,7 @@ def train_population(
                 for m in members:
                     if not m.active:
                         continue
-                    m.writer.log_metrics(
-                        [
-                            {
-                                "step": step,
-                                "epoch": epoch,
-                                "split": "train",
-                                "task": t,
-                                "metric": "loss",
-                                "value": v,
-                            }
-                            for t, v in zip(task_names, lv[m.index], strict=True)
-                        ]
-                    )
+                    m.writer.log_metrics(_train_loss_rows(step, epoch, task_names, lv[m.index]))
                     m.writer.log_task_weights(step, dict(zip(task_names, m.weights.tolist(), strict=True)))
             step += 1
             for m in members:
@@ -781,18 +766,13 @@ def train_population(
             m.writer.log_metrics(_metric_rows(step, epoch, "val", v))
             score = v[es_task][es_metric]
             score = score if higher else -score
-            if m.best_state is None or score > m.best_score:
-                m.best_score, m.best_val, m.best_epoch, m.bad_epochs = score, v, epoch, 0
-                m.best_state = pop.member_state(m.index)
-            else:
-                m.bad_epochs += 1
-                if cfg.patience and m.bad_epochs >= cfg.patience:
-                    m.state = "stopped"
-                    m.writer.log_event(
-                        "info",
-                        f"early stop after epoch {epoch}: "
-                        f"no {es_task} {es_metric} gain for {m.bad_epochs} epochs",
-                    )
+            if m.best.observe(score, epoch, v, lambda m=m: pop.member_state(m.index)):
+                m.state = "stopped"
+                m.writer.log_event(
+                    "info",
+                    f"early stop after epoch {epoch}: "
+                    f"no {es_task} {es_metric} gain for {m.best.bad_epochs} epochs",
+                )
     seconds = time.perf_counter() - t0
 
     # ---- test metrics from each member's best epoch, checkpoints
@@ -803,7 +783,7 @@ def train_population(
         best = {
             name: torch.stack(
                 [
-                    (m.best_state[name] if m.best_state is not None else tensor[m.index].detach())
+                    (m.best.state[name] if m.best.state is not None else tensor[m.index].detach())
                     if m in done
                     else tensor[m.index].detach()
                     for m in members
@@ -817,19 +797,17 @@ def train_population(
     for m in members:
         if m.state in ("running", "stopped"):
             model = models[m.index]  # member k's own model object: no deep copy per member
-            model.load_state_dict(m.best_state if m.best_state is not None else pop.member_state(m.index))
-            m.writer.log_metrics(_metric_rows(m.steps, m.best_epoch, "test", test[m.index]))
+            model.load_state_dict(m.best.state if m.best.state is not None else pop.member_state(m.index))
+            m.writer.log_metrics(_metric_rows(m.steps, m.best.epoch, "test", test[m.index]))
             if paths[m.index] is not None:
-                save_checkpoint(paths[m.index], model, m.cfg, m.best_epoch)  # type: ignore[arg-type]
+                save_checkpoint(paths[m.index], model, m.cfg, m.best.epoch)  # type: ignore[arg-type]
             m.writer.log_event(
                 "info",
-                f"finished in {seconds:.1f} s (the whole population of {K}); best epoch {m.best_epoch}",
+                f"finished in {seconds:.1f} s (the whole population of {K}); best epoch {m.best.epoch}",
             )
-            res = TrainResult(
-                "finished", test[m.index], m.best_val or {}, m.best_epoch, m.steps, seconds, model
-            )
+            res = TrainResult("finished", test[m.index], m.best.val, m.best.epoch, m.steps, seconds, model)
         else:
-            res = TrainResult(m.state, {}, m.best_val or {}, m.best_epoch, m.steps, seconds, None)
+            res = TrainResult(m.state, {}, m.best.val, m.best.epoch, m.steps, seconds, None)
         res.error = m.error  # type: ignore[attr-defined]
         results.append(res)
     return results

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from engine import metrics as M
 from engine.balancers import build_balancer
 from engine.balancers.base import StepContext
+from engine.best_epoch import BestEpoch
 from engine.config import RunConfig, resolve
 from engine.datasets import load_dataset
 from engine.datasets.base import MTLData, Split
@@ -199,6 +200,12 @@ def _metric_rows(step: int, epoch: int, split: str, values: dict[str, dict[str, 
     ]
 
 
+def _train_loss_rows(step: int, epoch: int, task_names: list[str], losses: list[float]) -> list[dict]:
+    """The per-task training-loss rows of one logged step."""
+    values = {t: {"loss": v} for t, v in zip(task_names, losses, strict=True)}
+    return _metric_rows(step, epoch, "train", values)
+
+
 def _early_stopping_key(cfg: RunConfig, data: MTLData) -> tuple[str, str]:
     if cfg.early_stopping_metric:
         task, _, metric = cfg.early_stopping_metric.partition(":")
@@ -257,11 +264,7 @@ def train(
     total_steps = steps_per_epoch * cfg.epochs
     es_task, es_metric = _early_stopping_key(cfg, data)
     higher = M.higher_is_better(es_metric)
-    best_score = -float("inf")
-    best_state: dict[str, torch.Tensor] | None = None
-    best_val: dict[str, dict[str, float]] = {}
-    best_epoch = 0
-    bad_epochs = 0
+    best = BestEpoch(cfg.patience)
     gen = torch.Generator().manual_seed(cfg.seed)
     step = 0
     state = "finished"
@@ -317,17 +320,7 @@ def train(
                 if step % cfg.log_every == 0:
                     lv = losses.detach().cpu().tolist()
                     wv = weights.detach().cpu().tolist()
-                    rows = [
-                        {
-                            "step": step,
-                            "epoch": epoch,
-                            "split": "train",
-                            "task": t,
-                            "metric": "loss",
-                            "value": v,
-                        }
-                        for t, v in zip(task_names, lv, strict=True)
-                    ]
+                    rows = _train_loss_rows(step, epoch, task_names, lv)
                     writer.log_metrics(rows)
                     writer.log_task_weights(step, dict(zip(task_names, wv, strict=True)))
                     internals = {**balancer.internals(), **model.internals()}
@@ -349,37 +342,32 @@ def train(
             score = val[es_task][es_metric]
             score = score if higher else -score
             bar.set_postfix({f"val {es_task} {es_metric}": f"{val[es_task][es_metric]:.4f}"})
-            if best_state is None or score > best_score:
-                best_score, best_val, best_epoch, bad_epochs = score, val, epoch, 0
-                best_state = copy.deepcopy(model.state_dict())
-            else:
-                bad_epochs += 1
-                if cfg.patience and bad_epochs >= cfg.patience:
-                    writer.log_event(
-                        "info",
-                        f"early stop after epoch {epoch}: "
-                        f"no {es_task} {es_metric} gain for {bad_epochs} epochs",
-                    )
-                    break
+            if best.observe(score, epoch, val, lambda: copy.deepcopy(model.state_dict())):
+                writer.log_event(
+                    "info",
+                    f"early stop after epoch {epoch}: "
+                    f"no {es_task} {es_metric} gain for {best.bad_epochs} epochs",
+                )
+                break
     finally:
         bar.close()
         if old_handler is not None:
             signal.signal(signal.SIGTERM, old_handler)
 
-    result = TrainResult(state=state, steps=step, best_val=best_val, best_epoch=best_epoch, model=model)
+    result = TrainResult(state=state, steps=step, best_val=best.val, best_epoch=best.epoch, model=model)
     if state == "cancelled":
         result.seconds = time.perf_counter() - t0
         return result
 
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    if best.state is not None:
+        model.load_state_dict(best.state)
     test = evaluate(model, test_split, data)
-    writer.log_metrics(_metric_rows(step, best_epoch, "test", test))
+    writer.log_metrics(_metric_rows(step, best.epoch, "test", test))
     result.test = test
     result.seconds = time.perf_counter() - t0
     if checkpoint_path is not None:
-        save_checkpoint(checkpoint_path, model, cfg, best_epoch)
-    writer.log_event("info", f"finished in {result.seconds:.1f} s; best epoch {best_epoch}")
+        save_checkpoint(checkpoint_path, model, cfg, best.epoch)
+    writer.log_event("info", f"finished in {result.seconds:.1f} s; best epoch {best.epoch}")
     return result
 
 
