@@ -32,15 +32,12 @@ point of it, has to improve.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import json
-import os
 import subprocess
 import threading
 import time
-import traceback
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -443,31 +440,15 @@ def create_cosmos_run(
 
 
 def execute_cosmos(lake: Lake, run_id: str) -> TrainResult | None:
-    """Train a COSMOS run directory in this process (status, heartbeat, rows, checkpoint)."""
-    from engine.runner import USER_ERRORS
+    """Train a COSMOS run directory in this process (status, heartbeat, rows, checkpoint), with
+    the failure handling of every run (`engine.runner.execute_in_run_dir`)."""
+    from engine.runner import execute_in_run_dir
 
-    run_dir = lake.run_dir(run_id)
-    writer = RunWriter(run_dir)
-    writer.start(os.getpid())
-    result: TrainResult | None = None
-    try:
-        cfg = load_config(lake.config(run_id))
+    def fit(cfg: RunConfig, writer: RunWriter, run_dir: Path) -> TrainResult:
         cp = params_from(read_json_dict(run_dir / PARAMS_FILE), stored=True)
-        result = train_cosmos(cfg, cp, writer, checkpoint_path=run_dir / "checkpoint.pt")
-        writer.finish(result.state, summary=result.test or None)
-    except USER_ERRORS as e:
-        writer.log_event("error", str(e))
-        writer.finish("failed", error=str(e))
-    except KeyboardInterrupt:
-        writer.finish("cancelled", error="interrupted")
-        raise
-    except Exception as e:  # a bug: keep the traceback
-        writer.log_event("error", traceback.format_exc(limit=8))
-        writer.finish("failed", error=f"internal error {type(e).__name__}: {e}")
-    finally:
-        with contextlib.suppress(Exception):
-            lake.compact(run_id)
-    return result
+        return train_cosmos(cfg, cp, writer, checkpoint_path=run_dir / "checkpoint.pt")
+
+    return execute_in_run_dir(lake, run_id, fit)
 
 
 def run_cosmos(

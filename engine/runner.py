@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from collections.abc import Callable
+from pathlib import Path
 
-from engine.config import ConfigError, load_config
+from engine.config import ConfigError, RunConfig, load_config
 from engine.devices import DeviceError
 from engine.recorder import RunWriter
 from engine.store import Lake
@@ -21,13 +23,25 @@ USER_ERRORS = (TrainingError, ConfigError, DeviceError, ValueError, FileNotFound
 
 def execute_run(lake: Lake, run_id: str, progress: bool = False) -> TrainResult | None:
     """Train `run_id` in this process, recording into its run directory."""
+    return execute_in_run_dir(
+        lake, run_id, lambda cfg, writer, run_dir: train(cfg, writer, progress, run_dir / "checkpoint.pt")
+    )
+
+
+def execute_in_run_dir(
+    lake: Lake, run_id: str, fit: Callable[[RunConfig, RunWriter, Path], TrainResult]
+) -> TrainResult | None:
+    """Train `run_id` in this process with `fit(config, writer, run directory)`: status and
+    heartbeat, the rows `fit` writes, its result's state and test summary. A user error (bad
+    config, NaN loss, missing file) fails the run with its message; a bug fails it with the
+    traceback in the events; the run's segments are compacted at the end either way."""
     run_dir = lake.run_dir(run_id)
     writer = RunWriter(run_dir)
     writer.start(os.getpid())
     result: TrainResult | None = None
     try:
         cfg = load_config(lake.config(run_id))
-        result = train(cfg, writer, progress=progress, checkpoint_path=run_dir / "checkpoint.pt")
+        result = fit(cfg, writer, run_dir)
         writer.finish(result.state, summary=result.test or None)
     except USER_ERRORS as e:
         writer.log_event("error", str(e))
