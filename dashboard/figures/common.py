@@ -65,18 +65,24 @@ def ema(values: Sequence[float] | np.ndarray, smoothing: float) -> np.ndarray:
     return out
 
 
-def empty_figure(message: str, height: int = 260) -> go.Figure:
-    """A blank figure that says why it is blank (pages usually show st.info instead)."""
-    fig = go.Figure()
+def add_note(fig: go.Figure, message: str, x: float = 0.5, y: float = 0.5, size: int = 14) -> None:
+    """A grey message placed on the plotting area (paper coordinates): why a figure is empty, or
+    what is still training. Returns nothing; the figure is changed in place."""
     fig.add_annotation(
         text=message,
         showarrow=False,
-        x=0.5,
-        y=0.5,
+        x=x,
+        y=y,
         xref="paper",
         yref="paper",
-        font={"size": 14, "color": NEUTRAL},
+        font={"size": size, "color": NEUTRAL},
     )
+
+
+def empty_figure(message: str, height: int = 260) -> go.Figure:
+    """A blank figure that says why it is blank (pages usually show st.info instead)."""
+    fig = go.Figure()
+    add_note(fig, message)
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
     fig.update_layout(height=height, **{k: v for k, v in LAYOUT.items() if k != "legend"})

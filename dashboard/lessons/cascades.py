@@ -13,7 +13,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from dashboard.figures.common import NEUTRAL, apply_layout
+from dashboard.figures.common import NEUTRAL, add_note, apply_layout
 from dashboard.lessons.base import Control, Lesson, RunRequest, RunSet, Settings, fmt_number, lesson_tags
 
 KEY = "cascades"
@@ -179,15 +179,7 @@ def figure(info: BiasInfo) -> go.Figure:
             col=2,
         )
     if not info.pred:
-        fig.add_annotation(
-            text="training both models:<br>their lines appear as they finish…",
-            x=0.8,
-            y=0.85,
-            xref="paper",
-            yref="paper",
-            showarrow=False,
-            font={"color": NEUTRAL, "size": 13},
-        )
+        add_note(fig, "training both models:<br>their lines appear as they finish…", x=0.8, y=0.85, size=13)
     fig.update_xaxes(title_text="true P(purchase | click)", row=1, col=1)
     fig.update_yaxes(title_text="share of impressions (density)", row=1, col=1)
     fig.update_xaxes(title_text="true P(purchase | click), 10 bins of equal size", row=1, col=2)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from dashboard.figures.common import BAD, GOOD, NEUTRAL, apply_layout
+from dashboard.figures.common import BAD, GOOD, NEUTRAL, add_note, apply_layout
 from dashboard.lessons.base import Control, Lesson, RunRequest, RunSet, Settings, fmt_number, lesson_tags
 
 KEY = "pareto"
@@ -213,15 +213,7 @@ def figure(info: FrontInfo) -> go.Figure:
     if done.empty:
         fig.update_xaxes(range=[0.5, 0.85])
         fig.update_yaxes(range=[0.5, 0.85])
-        fig.add_annotation(
-            text="training the sweep: points appear as runs finish…",
-            x=0.5,
-            y=0.5,
-            xref="paper",
-            yref="paper",
-            showarrow=False,
-            font={"color": NEUTRAL, "size": 14},
-        )
+        add_note(fig, "training the sweep: points appear as runs finish…")
     fig.update_xaxes(title_text="click AUC (higher is better)")
     fig.update_yaxes(title_text="purchase AUC (higher is better)")
     return apply_layout(fig, "Click vs purchase: what each task weighting buys", 500)
