@@ -502,18 +502,22 @@ def _e(x: object) -> str:
     return html.escape(str(x), quote=True)
 
 
-def _fmt(v: object) -> str:
+def _number(v: object) -> float | None:
+    """`v` as a float (NaN included); None when it is not a number."""
     try:
-        f = float(v)  # type: ignore[arg-type]
+        return float(v)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        return ""
-    return "" if pd.isna(f) else f"{f:.4f}"
+        return None
+
+
+def _fmt(v: object) -> str:
+    f = _number(v)
+    return "" if f is None or pd.isna(f) else f"{f:.4f}"
 
 
 def _signed(v: object) -> str:
-    try:
-        f = float(v)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    f = _number(v)
+    if f is None:
         return ""
     return "n/a" if pd.isna(f) else f"{f:+.2f}"
 
