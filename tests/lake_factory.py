@@ -253,6 +253,25 @@ def make_lake(
         return _make_lake(root, n_runs, seed, steps_per_epoch, running, compact)
 
 
+def adult_report(root: Path | str, note: str, title: str = "") -> Any:
+    """The Report of a `make_lake` lake's finished adult runs on three metrics (two AUCs, higher
+    is better; a log loss, lower is better), with their loss curves."""
+    from dashboard.report import build_report
+
+    lake = Lake(root)
+    runs = lake.runs()
+    pool = runs[(runs["status"] == "finished") & (runs["dataset"] == "adult")]
+    ids = pool["run_id"].tolist()
+    return build_report(
+        pool,
+        ["income/auc", "never_married/auc", "income/logloss"],
+        {r: lake.config(r) for r in ids},
+        note=note,
+        title=title,
+        curves=lake.metrics(ids, split=["train", "val"], metric="loss"),
+    )
+
+
 def _make_lake(
     root: Path | str, n_runs: int, seed: int, steps_per_epoch: int, running: int, compact: bool
 ) -> Lake:

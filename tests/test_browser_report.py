@@ -25,19 +25,7 @@ from PIL import Image
 
 pytestmark = pytest.mark.browser
 
-REPO = Path(__file__).resolve().parent.parent
-ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+CHROMIUM = "/usr/bin/chromium"  # checked before browser_support (which needs it) is imported
 
 if not Path(CHROMIUM).exists():
     pytest.skip(
@@ -46,11 +34,10 @@ if not Path(CHROMIUM).exists():
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from browser_support import serve  # noqa: E402
-from lake_factory import make_lake  # noqa: E402
+from browser_support import ARTIFACTS, CHROMIUM_ARGS, serve  # noqa: E402
+from lake_factory import adult_report, make_lake  # noqa: E402
 
-from dashboard.report import PNG_SCALE, PNG_WIDTH, Report, build_report  # noqa: E402
-from engine.store import Lake  # noqa: E402
+from dashboard.report import PNG_SCALE, PNG_WIDTH, Report  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -62,17 +49,7 @@ def lake_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def report(lake_root: Path) -> Report:
-    lake = Lake(lake_root)
-    runs = lake.runs()
-    pool = runs[(runs["status"] == "finished") & (runs["dataset"] == "adult")]
-    ids = pool["run_id"].tolist()
-    return build_report(
-        pool,
-        ["income/auc", "never_married/auc", "income/logloss"],
-        {r: lake.config(r) for r in ids},
-        note="Offline check: every figure must render without a network.",
-        curves=lake.metrics(ids, split=["train", "val"], metric="loss"),
-    )
+    return adult_report(lake_root, note="Offline check: every figure must render without a network.")
 
 
 @pytest.fixture(scope="module")

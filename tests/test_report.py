@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lake_factory import make_lake
+from lake_factory import adult_report, make_lake
 
 from dashboard.report import PNG_SCALE, PNG_WIDTH, Report, ReportError, build_report, chromium_path
 from engine.store import Lake
@@ -166,17 +166,10 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def report(seeded: Path) -> Report:
     """Adult runs on three metrics (two AUCs, higher is better; a log loss, lower is better)."""
-    lake = Lake(seeded)
-    runs = lake.runs()
-    pool = runs[(runs["status"] == "finished") & (runs["dataset"] == "adult")]
-    ids = pool["run_id"].tolist()
-    return build_report(
-        pool,
-        ["income/auc", "never_married/auc", "income/logloss"],
-        {r: lake.config(r) for r in ids},
+    return adult_report(
+        seeded,
         note='Shared with the product team <script>alert("x")</script>\nSecond paragraph.',
         title="Adult: income vs never-married",
-        curves=lake.metrics(ids, split=["train", "val"], metric="loss"),
     )
 
 
