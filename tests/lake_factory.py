@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -251,6 +252,17 @@ def make_lake(
     sweep and single-task baselines) plus `running` half-written runs still marked running."""
     with _no_fsync():
         return _make_lake(root, n_runs, seed, steps_per_epoch, running, compact)
+
+
+def app_lake(monkeypatch: Any, root: Path, template: Path | None = None) -> Path:
+    """Point the app under test at `root` (a copy of `template`, or created empty if missing),
+    with its worker off (SEESAW_NO_WORKER): queued runs stay queued."""
+    if template is not None:
+        shutil.copytree(template, root)
+    root.mkdir(parents=True, exist_ok=True)
+    monkeypatch.setenv("SEESAW_HOME", str(root))
+    monkeypatch.setenv("SEESAW_NO_WORKER", "1")
+    return root
 
 
 def adult_report(root: Path | str, note: str, title: str = "") -> Any:

@@ -15,7 +15,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lake_factory import make_lake
+from lake_factory import app_lake, make_lake
 
 from engine.pareto import non_dominated_mask
 from engine.store import Lake
@@ -56,29 +56,17 @@ def cosmos_template(tmp_path_factory: pytest.TempPathFactory, seeded_template: P
 
 @pytest.fixture
 def cosmos_lake(tmp_path: Path, cosmos_template: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = tmp_path / "with-cosmos"
-    shutil.copytree(cosmos_template, root)
-    monkeypatch.setenv("SEESAW_HOME", str(root))
-    monkeypatch.setenv("SEESAW_NO_WORKER", "1")
-    return root
+    return app_lake(monkeypatch, tmp_path / "with-cosmos", cosmos_template)
 
 
 @pytest.fixture
 def empty_lake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = tmp_path / "lake"
-    root.mkdir()
-    monkeypatch.setenv("SEESAW_HOME", str(root))
-    monkeypatch.setenv("SEESAW_NO_WORKER", "1")
-    return root
+    return app_lake(monkeypatch, tmp_path / "lake")
 
 
 @pytest.fixture
 def seeded_lake(tmp_path: Path, seeded_template: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = tmp_path / "seeded"
-    shutil.copytree(seeded_template, root)
-    monkeypatch.setenv("SEESAW_HOME", str(root))
-    monkeypatch.setenv("SEESAW_NO_WORKER", "1")
-    return root
+    return app_lake(monkeypatch, tmp_path / "seeded", seeded_template)
 
 
 def _app() -> AppTest:
@@ -512,8 +500,7 @@ def test_every_page_loads_under_2s_with_200_runs(tmp_path: Path, monkeypatch: py
     spec.loader.exec_module(bench)
     lake = tmp_path / "lake200"
     make_lake(lake, n_runs=200, running=1)
-    monkeypatch.setenv("SEESAW_HOME", str(lake))
-    monkeypatch.setenv("SEESAW_NO_WORKER", "1")
+    app_lake(monkeypatch, lake)
     times = bench.measure(lake, repeats=3)
     medians = {page: statistics.median(ts) for page, ts in times.items()}
     assert set(PAGES) <= set(medians)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from lake_factory import app_lake
 from streamlit.testing.v1 import AppTest
 
 from dashboard.lessons import LESSONS, cascades, conflict_2d, experts, lesson, negative_transfer, pareto_front
@@ -520,10 +521,7 @@ def test_mmoe_logs_its_gate_weights_while_training() -> None:
 
 @pytest.fixture
 def lake_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Lake:
-    root = tmp_path / "lake"
-    root.mkdir()
-    monkeypatch.setenv("SEESAW_HOME", str(root))
-    monkeypatch.setenv("SEESAW_NO_WORKER", "1")
+    root = app_lake(monkeypatch, tmp_path / "lake")
     import engine.cosmos
 
     def no_process(cfg: Any, params: Any = None, lake: Lake | None = None) -> tuple[str, None]:

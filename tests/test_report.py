@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lake_factory import adult_report, make_lake
+from lake_factory import adult_report, app_lake, make_lake
 
 from dashboard.report import PNG_SCALE, PNG_WIDTH, Report, ReportError, build_report, chromium_path
 from engine.store import Lake
@@ -338,8 +338,7 @@ def test_lower_is_better_sweep_report(seeded: Path) -> None:
 def _app(monkeypatch: pytest.MonkeyPatch, root: Path, **query: str) -> Any:
     from streamlit.testing.v1 import AppTest
 
-    monkeypatch.setenv("SEESAW_HOME", str(root))
-    monkeypatch.setenv("SEESAW_NO_WORKER", "1")
+    app_lake(monkeypatch, root)
     at = AppTest.from_file(APP, default_timeout=90)
     at.run()
     at.run()

@@ -5,7 +5,6 @@ UI and in the query layer; a per-user limit on queued runs refuses more with a c
 
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lake_factory import make_lake
+from lake_factory import app_lake, make_lake
 
 from dashboard.identity import clean, owns
 from engine import cli, jobs
@@ -44,20 +43,12 @@ def seeded_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def seeded(tmp_path: Path, seeded_template: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = tmp_path / "seeded"
-    shutil.copytree(seeded_template, root)
-    monkeypatch.setenv("SEESAW_HOME", str(root))
-    monkeypatch.setenv("SEESAW_NO_WORKER", "1")
-    return root
+    return app_lake(monkeypatch, tmp_path / "seeded", seeded_template)
 
 
 @pytest.fixture
 def empty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = tmp_path / "empty"
-    root.mkdir()
-    monkeypatch.setenv("SEESAW_HOME", str(root))
-    monkeypatch.setenv("SEESAW_NO_WORKER", "1")
-    return root
+    return app_lake(monkeypatch, tmp_path / "empty")
 
 
 def _open(page: str, **query: str) -> AppTest:
