@@ -60,6 +60,17 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         yield s
 
 
+def stop_process(proc: subprocess.Popen[Any], timeout: float) -> None:
+    """SIGTERM, then SIGKILL after `timeout` seconds; waits for the process either way."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @contextlib.contextmanager
 def serve(home: Path, worker: bool = True) -> Iterator[dict[str, Any]]:
     """`streamlit run streamlit_app.py` on a free port over the lake `home`; on exit the server
@@ -107,12 +118,7 @@ def serve(home: Path, worker: bool = True) -> Iterator[dict[str, Any]]:
     try:
         yield {"url": url, "home": home, "proc": proc}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=10)
         log.close()
         # The app started a detached worker for this lake: stop it (and its trainers) by its pid.
         info = _read_json(home / "_worker" / "worker.json")

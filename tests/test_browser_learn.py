@@ -18,7 +18,6 @@ thus measured with two trainers competing for the machine's cores, a pessimistic
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -45,6 +44,7 @@ from browser_support import (  # noqa: E402
     REPO,
     _lake_states,
     serve,
+    stop_process,
     sync_api,
 )
 
@@ -168,13 +168,7 @@ def learn_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
         with serve(home) as s:
             yield s
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            worker.terminate()
-        try:
-            worker.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+        stop_process(worker, timeout=15)
         log.close()
 
 
