@@ -358,11 +358,29 @@ def _gram(J: torch.Tensor, s: float) -> torch.Tensor:
     return G if G is not None else J.new_zeros((J.shape[0], J.shape[0]), dtype=torch.float64)
 
 
-def _power_of_two(x: float) -> float:
-    """The power of two s with x / s in [0.5, 1) (1.0 for 0, negative or non-finite x)."""
+def power_of_two_scale(x: float) -> float:
+    """The power of two s with x / s in [0.5, 1) (1.0 when x is 0, negative or not finite; at
+    most 2^1023): dividing by it is exact and brings x to order 1."""
     if not (math.isfinite(x) and x > 0.0):
         return 1.0
     return math.ldexp(1.0, min(math.frexp(x)[1], 1023))
+
+
+def jacobian_scale(J: torch.Tensor) -> float:
+    """`power_of_two_scale` of J's largest |entry| (no copy of J)."""
+    if J.numel() == 0:
+        return 1.0
+    lo, hi = torch.aminmax(J.detach())
+    return power_of_two_scale(max(-float(lo), float(hi)))
+
+
+def scale_gramian(G: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """(G / s^2, s) with s = `power_of_two_scale` of sqrt(max_t G_tt), for a Gramian computed
+    unscaled: exact, but it cannot restore what already underflowed."""
+    diag = torch.diagonal(G.detach(), dim1=-2, dim2=-1)
+    top = float(diag.max()) if diag.numel() else 0.0
+    s = power_of_two_scale(math.sqrt(top)) if math.isfinite(top) and top > 0.0 else 1.0
+    return (G / s / s if s != 1.0 else G), s
 
 
 def scaled_gramian(J: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -371,19 +389,15 @@ def scaled_gramian(J: torch.Tensor) -> tuple[torch.Tensor, float]:
 
     Gramian-based balancers solve on G (`engine.balancers.numerics`): J J^T itself underflows
     or overflows in float64 for gradient entries of 1e-161 or 1e155. For ordinary magnitudes
-    J J^T is computed once and divided by s^2 (a T x T division); only outside `SAFE_GRAMIAN` is
-    it recomputed from J / s, s from J's largest |entry|."""
+    J J^T is computed once and rescaled (`scale_gramian`, a T x T division); only outside
+    `SAFE_GRAMIAN` is it recomputed from J / s, s from J's largest |entry| (`jacobian_scale`)."""
     J = J.detach()
     G = _gram(J, 1.0)
     top = float(torch.diagonal(G).max()) if G.numel() else 0.0
     if SAFE_GRAMIAN[0] < top < SAFE_GRAMIAN[1]:
-        s = _power_of_two(math.sqrt(top))
-        return (G / (s * s) if s != 1.0 else G), s
-    if J.numel() == 0:
-        return G, 1.0
-    lo, hi = torch.aminmax(J)
-    s = _power_of_two(max(-float(lo), float(hi)))
-    return _gram(J, s), s
+        return scale_gramian(G)
+    s = jacobian_scale(J)
+    return (_gram(J, s) if s != 1.0 else G), s
 
 
 def gramian(J: torch.Tensor, *, scale: float | None = None) -> torch.Tensor:

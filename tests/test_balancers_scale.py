@@ -26,16 +26,8 @@ from test_balancer_properties import NON_CONFLICTING, clear_rank, jacobians, nam
 
 from engine.balancers import build_balancer, representation_balancers
 from engine.balancers.base import GradientAggregation, StepContext
-from engine.balancers.numerics import (
-    ZERO_NORM,
-    ZERO_NORM_SQ,
-    jacobian_scale,
-    nonzero_gradients,
-    power_of_two_scale,
-    rescale,
-    scale_gramian,
-)
-from engine.gradients import gramian
+from engine.balancers.numerics import ZERO_NORM, ZERO_NORM_SQ, nonzero_gradients, rescale
+from engine.gradients import gramian, jacobian_scale, power_of_two_scale, scale_gramian
 
 GRAMIAN_BASED = representation_balancers()
 #: every Gramian-based method at its defaults, and the parameter settings that change its degree

@@ -36,8 +36,8 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from engine.balancers.numerics import rescale, scale_gramian
-from engine.gradients import jacobian, scaled_gramian
+from engine.balancers.numerics import rescale
+from engine.gradients import jacobian, scale_gramian, scaled_gramian
 from engine.representation import representation_backward
 
 

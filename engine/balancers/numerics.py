@@ -35,9 +35,9 @@ Scaling. The weights of every Gramian-based method here are homogeneous in the G
 w(c G) = c^k w(G) with k = 0 (scale-invariant: MGDA with "none"/"loss", PCGrad, UPGrad, IMTL,
 CAGrad, Aligned-MTL, GradVac, GradCraft) or k = -1/2 (Nash-MTL, MGDA with "l2"/"loss+"), while
 J J^T itself can underflow (gradient entries of 1e-161: products of 1e-322, subnormal or 0 in
-float64) or overflow (entries of 1e155). So the Gramian is taken of J / s, s =
-`power_of_two_scale` of J's largest |entry| (exact: a division by a power of two), the weights are
-solved on it and mapped back with s^(2k) (also exact); see
+float64) or overflow (entries of 1e155). So the Gramian is taken of J / s, s a power of two
+(`engine.gradients.scaled_gramian`: exact, a division by a power of two), the weights are solved
+on it and mapped back with s^(2k) (also exact); see
 `GradientAggregation.weights_from_scaled_gramian`. For ordinary magnitudes nothing changes (a
 power-of-two scaling commutes with rounding), and w @ J is the same direction at any scale.
 """
@@ -47,7 +47,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
 #: relative to the largest ||g_t||: at or below this a task gradient counts as zero (module docstring)
 ZERO_NORM = 1e-12
@@ -61,32 +60,6 @@ def nonzero_gradients(diag: np.ndarray) -> np.ndarray:
     d = np.clip(np.asarray(diag, dtype=np.float64), 0.0, None)
     top = float(d.max()) if d.size else 0.0
     return (d > ZERO_NORM_SQ * top) & (d > 0.0)
-
-
-def power_of_two_scale(x: float) -> float:
-    """The power of two s with x / s in [0.5, 1) (1.0 when x is 0, negative or not finite; at
-    most 2^1023): dividing by it is exact and brings x to order 1."""
-    if not (math.isfinite(x) and x > 0.0):
-        return 1.0
-    return math.ldexp(1.0, min(math.frexp(x)[1], 1023))
-
-
-def jacobian_scale(J: torch.Tensor) -> float:
-    """`power_of_two_scale` of J's largest |entry| (no copy of J)."""
-    if J.numel() == 0:
-        return 1.0
-    lo, hi = torch.aminmax(J.detach())
-    return power_of_two_scale(max(-float(lo), float(hi)))
-
-
-def scale_gramian(G: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """(G / s^2, s) with s = `power_of_two_scale` of sqrt(max_t G_tt), for a Gramian that was
-    computed unscaled (the representation Gramian): exact, but it cannot restore what already
-    underflowed."""
-    diag = torch.diagonal(G.detach(), dim1=-2, dim2=-1)
-    top = float(diag.max()) if diag.numel() else 0.0
-    s = power_of_two_scale(math.sqrt(top)) if math.isfinite(top) and top > 0.0 else 1.0
-    return (G / s / s if s != 1.0 else G), s
 
 
 def rescale(value: float, s: float, degree: int) -> float:
