@@ -34,8 +34,6 @@ from _common import (
     write_section,
 )
 
-LABELS = {"hypernet": "Pareto HyperNetwork", "input": "COSMOS (input conditioning)"}
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -57,7 +55,7 @@ def main() -> None:
 
     from engine import pareto
     from engine.config import load_config
-    from engine.cosmos import evaluate_preferences, train_cosmos
+    from engine.cosmos import CONDITIONING_LABELS, evaluate_preferences, train_cosmos
     from engine.population import train_population
     from engine.sweeps import plan_sweep, weight_vectors
     from engine.train import train
@@ -131,7 +129,7 @@ def main() -> None:
             ratio = hv[c, n] / hv_sweep if hv_sweep > 0 else float("nan")
             rows.append(
                 [
-                    f"{LABELS.get(c, c)}, {n} preferences",
+                    f"{CONDITIONING_LABELS.get(c, c)}, {n} preferences",
                     f"{hv[c, n]:.4g}",
                     f"**{ratio * 100:.1f}%**",
                     f">= 95%: {'met' if ratio >= 0.95 else 'MISSED'}",
@@ -157,7 +155,7 @@ def main() -> None:
     text += "- sweep: " + ", ".join(f"({a:.3f}, {b:.3f})" for a, b in sweep_pts) + "\n"
     for c in conds:
         text += (
-            f"- {LABELS.get(c, c)} (16 preferences, task_1 weight 1 -> 0): "
+            f"- {CONDITIONING_LABELS.get(c, c)} (16 preferences, task_1 weight 1 -> 0): "
             + ", ".join(f"({a:.3f}, {b:.3f})" for a, b in fronts[c, 16])
             + "\n"
         )

@@ -138,8 +138,8 @@ def build_conditioned(arch: str, data: MTLData, arch_params: dict[str, Any], cp:
     return HyperConditioned(model, len(names), rank=cp.rank)
 
 
-def _method(cp: CosmosParams) -> str:
-    return "Pareto HyperNetwork" if cp.conditioning == "hypernet" else "COSMOS input conditioning"
+#: how each conditioning is named in run names, logs and benchmark tables
+CONDITIONING_LABELS = {"hypernet": "Pareto HyperNetwork", "input": "COSMOS input conditioning"}
 
 
 def cosmos_loss(losses: torch.Tensor, pref: torch.Tensor, lam: float) -> torch.Tensor:
@@ -271,7 +271,8 @@ def train_cosmos(
     uniform = np.full(T, 1.0 / T)
     writer.log_event(
         "info",
-        f"training a preference-conditioned {cfg.arch} ({_method(cp)}, alpha {cp.alpha}, lambda {cp.lam}) on "
+        f"training a preference-conditioned {cfg.arch} ({CONDITIONING_LABELS[cp.conditioning]}, "
+        f"alpha {cp.alpha}, lambda {cp.lam}) on "
         f"{cfg.dataset} ({', '.join(task_names)}) on {describe(device)}: {len(data.train)} train / "
         f"{len(data.val)} val / {len(data.test)} test rows, {sum(p.numel() for p in cond.parameters())} "
         f"parameters; validation scored on {len(rays)} preferences",
@@ -397,7 +398,7 @@ def cosmos_config(
     d["balancer"], d["balancer_params"] = "ew", {}
     d["tags"] = [*[t for t in d.get("tags", []) if t != TAG], TAG]
     if not d.get("name"):
-        label = "Pareto HyperNetwork" if cp.conditioning == "hypernet" else "COSMOS"
+        label = CONDITIONING_LABELS[cp.conditioning]
         d["name"] = f"{label} {d.get('arch', 'mmoe')} (alpha {cp.alpha:g}, lambda {cp.lam:g})"
     return load_config(d)
 
